@@ -1,0 +1,222 @@
+"""freshrank settings: one home folder and the policies of each pipeline stage.
+
+Settings are read from ``<home>/freshrank.yaml`` when it exists; every field has a
+default, and unknown keys are rejected so that a typo never goes unnoticed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from freshrank.errors import ConfigError
+
+CONFIG_FILE_NAME = "freshrank.yaml"
+HOME_ENV_VAR = "FRESHRANK_HOME"
+DEFAULT_HOME = "freshrank_home"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FeatureConfig(_Strict):
+    """Trailing windows of the user, item and user x item features."""
+
+    windows_days: tuple[int, ...] = (1, 7, 28)
+    """Window lengths in days for counts and rates; the longest also bounds recency."""
+    user_item_window_days: int = 90
+    """Window in days of the user x item and user x category history (repeat purchases)."""
+
+    @property
+    def max_window_days(self) -> int:
+        """Number of trailing days a feature partition reads, the day itself included."""
+        return max(max(self.windows_days), self.user_item_window_days)
+
+
+class ValidationConfig(_Strict):
+    """Thresholds of the increment validation suite."""
+
+    max_duplicate_share: float = 0.05
+    """Largest share of exact duplicate rows in an increment, as a fraction of its rows."""
+    volume_trailing_days: int = 7
+    """Number of earlier published days whose mean row count is the volume reference."""
+    min_volume_ratio: float = 0.2
+    """Smallest accepted ratio of the increment's rows to the trailing mean."""
+    max_volume_ratio: float = 5.0
+    """Largest accepted ratio of the increment's rows to the trailing mean."""
+
+
+class TrainingConfig(_Strict):
+    """XGBoost training and continued-boosting policy."""
+
+    trees_per_day: int = 10
+    """Trees appended to the champion by one continued-boosting round."""
+    full_train_trees: int = 200
+    """Trees of a full train (the first day, or a rebase)."""
+    learning_rate: float = 0.1
+    """Learning rate (eta) of full trains."""
+    continued_learning_rate: float = 0.05
+    """Learning rate (eta) of continued-boosting rounds."""
+    max_depth: int = 6
+    """Maximum tree depth."""
+    full_train_window_days: int = 28
+    """Trailing days of training rows used by a full train."""
+    max_trees: int = 1000
+    """Tree budget: when the champion reaches it, the next challenger is a full train."""
+    negatives_per_positive: int = 10
+    """Popularity-sampled negatives per purchased item, for purchase-only data."""
+    holdout_share: float = 0.2
+    """Share of a day's users held out from training to compare challenger and champion."""
+    seed: int = 7
+    """Seed of negative sampling, the holdout split and XGBoost."""
+    nthread: int = 2
+    """XGBoost threads used in training."""
+
+
+class GateConfig(_Strict):
+    """When a challenger may replace the champion."""
+
+    metric: str = "ndcg_at_10"
+    """Holdout metric compared between challenger and champion (higher is better)."""
+    tolerance: float = 0.01
+    """Largest accepted drop of the metric, in absolute units of the metric."""
+    block_on_drift: bool = False
+    """Refuse deployment when the drift share is over the drift threshold."""
+    operating_threshold: float = 0.5
+    """Score above which an item counts as predicted positive for precision and recall."""
+
+
+class DriftConfig(_Strict):
+    """Evidently drift check of features and predictions."""
+
+    reference_days: int = 7
+    """Number of earlier days whose training rows form the reference window."""
+    drift_share_threshold: float = 0.5
+    """Share of drifted columns above which a drift alert is raised."""
+    max_rows: int = 20000
+    """Rows sampled from each of reference and current data to bound the check's cost."""
+
+
+class OnlineStoreConfig(_Strict):
+    """Feast online store choice."""
+
+    type: str = "sqlite"
+    """``sqlite`` (a file under the home) or ``redis``."""
+    connection_string: str = "127.0.0.1:6379"
+    """Redis connection string, used only when ``type`` is ``redis``."""
+    probe_sample: int = 50
+    """Entities read back after each materialization to compare with offline values."""
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, value: str) -> str:
+        if value not in ("sqlite", "redis"):
+            raise ValueError(f"online_store.type must be 'sqlite' or 'redis', not {value!r}")
+        return value
+
+
+class Settings(_Strict):
+    """All freshrank settings; ``home`` is the one folder freshrank writes to."""
+
+    home: Path = Field(default_factory=lambda: Path(DEFAULT_HOME))
+    """Root folder of the warehouse, landing zone, Feast repo state, models and reports."""
+    timezone: str = "UTC"
+    """Business timezone (IANA name) whose calendar days are the partitions."""
+    features: FeatureConfig = FeatureConfig()
+    validation: ValidationConfig = ValidationConfig()
+    training: TrainingConfig = TrainingConfig()
+    gate: GateConfig = GateConfig()
+    drift: DriftConfig = DriftConfig()
+    online_store: OnlineStoreConfig = OnlineStoreConfig()
+
+    @field_validator("timezone")
+    @classmethod
+    def _valid_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown timezone {value!r}; use an IANA name such as 'Europe/London'") from exc
+        return value
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    # Paths under the home, in one place so that nothing is written elsewhere.
+    @property
+    def landing_dir(self) -> Path:
+        return self.home / "landing"
+
+    @property
+    def staging_dir(self) -> Path:
+        return self.home / "staging"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.home / "quarantine"
+
+    @property
+    def warehouse_path(self) -> Path:
+        return self.home / "warehouse.duckdb"
+
+    @property
+    def offline_dir(self) -> Path:
+        return self.home / "offline"
+
+    @property
+    def feast_dir(self) -> Path:
+        return self.home / "feast"
+
+    @property
+    def registry_dir(self) -> Path:
+        return self.home / "registry"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.home / "dagster"
+
+
+def resolve_home(home: str | os.PathLike[str] | None = None) -> Path:
+    """Return the home folder: the argument, else ``$FRESHRANK_HOME``, else ``./freshrank_home``."""
+    if home is not None:
+        return Path(home).absolute()
+    return Path(os.environ.get(HOME_ENV_VAR, DEFAULT_HOME)).absolute()
+
+
+def load_settings(home: str | os.PathLike[str] | None = None) -> Settings:
+    """Load the settings of a home folder; a missing config file means all defaults."""
+    root = resolve_home(home)
+    path = root / CONFIG_FILE_NAME
+    raw: dict = {}
+    if path.exists():
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    raw.pop("home", None)
+    try:
+        return Settings(home=root, **raw)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+def save_settings(settings: Settings) -> Path:
+    """Write the settings that differ from the defaults to ``<home>/freshrank.yaml``."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    path = settings.home / CONFIG_FILE_NAME
+    data = settings.model_dump(mode="json", exclude_defaults=True, exclude={"home"})
+    tmp = path.with_suffix(".yaml.tmp")
+    tmp.write_text(yaml.safe_dump(data, sort_keys=True))
+    os.replace(tmp, path)
+    return path

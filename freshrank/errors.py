@@ -1,0 +1,48 @@
+"""Exceptions of freshrank, one class per condition; each message names the value and the fix."""
+
+from __future__ import annotations
+
+
+class FreshrankError(Exception):
+    """Base class of every error freshrank raises on purpose."""
+
+
+class ConfigError(FreshrankError):
+    """The settings file is invalid."""
+
+
+class IncrementError(FreshrankError):
+    """An increment file cannot be read or does not fit the canonical schema."""
+
+    def __init__(self, path: object, problem: str, hint: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        self.hint = hint
+        super().__init__(f"{self.path}: {problem}. {hint}")
+
+
+class MissingIncrementError(FreshrankError):
+    """No increment files were delivered for a day."""
+
+    def __init__(self, day: str, folder: object) -> None:
+        self.day = day
+        super().__init__(
+            f"no increment for {day}: {folder} has no .csv, .parquet or .jsonl file. "
+            "Deliver the day's events there, or run `freshrank import` first."
+        )
+
+
+class ImportFormatError(FreshrankError):
+    """A dataset given to `freshrank import` does not match its declared format."""
+
+
+class ValidationFailedError(FreshrankError):
+    """An increment failed its validation suite and was not published."""
+
+
+class ModelRegistryError(FreshrankError):
+    """A model version or the champion pointer is missing or inconsistent."""
+
+
+class FeatureStoreError(FreshrankError):
+    """The Feast repository or online store is not in the expected state."""
