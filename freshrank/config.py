@@ -7,6 +7,7 @@ default, and unknown keys are rejected so that a typo never goes unnoticed.
 from __future__ import annotations
 
 import os
+from datetime import date
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -127,6 +128,8 @@ class Settings(_Strict):
     """Root folder of the warehouse, landing zone, Feast repo state, models and reports."""
     timezone: str = "UTC"
     """Business timezone (IANA name) whose calendar days are the partitions."""
+    start_day: date | None = None
+    """First daily partition; unset means the oldest day in the landing folder."""
     features: FeatureConfig = FeatureConfig()
     validation: ValidationConfig = ValidationConfig()
     training: TrainingConfig = TrainingConfig()

@@ -46,3 +46,15 @@ class ModelRegistryError(FreshrankError):
 
 class FeatureStoreError(FreshrankError):
     """The Feast repository or online store is not in the expected state."""
+
+
+class TrainingDataError(FreshrankError):
+    """Training or scoring rows do not fit the model input contract (columns, labels, values)."""
+
+
+class FeatureMismatchError(FreshrankError):
+    """The feature columns given differ from those the model was trained on."""
+
+
+class DriftInputError(FreshrankError):
+    """The reference or current data of a drift check is empty or lacks a usable column."""

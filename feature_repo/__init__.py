@@ -1,0 +1,1 @@
+"""The Feast feature repository of freshrank (`feast apply` reads features.py here)."""

@@ -1,0 +1,259 @@
+"""User, item and user x item features of one day, computed in DuckDB over trailing windows.
+
+The features of day ``d`` describe behaviour up to the end of ``d`` and carry that instant
+(one second before the next day starts in the business timezone) as their event
+timestamp, so a training row for day ``d + 1`` joined point-in-time sees them and
+nothing of ``d + 1`` itself. Each day is written as one Parquet file per feature view
+under ``<offline>/<view>/<YYYY-MM-DD>.parquet``, the folder a Feast FileSource reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from freshrank.config import FeatureConfig
+from freshrank.increments import day_bounds
+from freshrank.warehouse import connect
+
+logger = logging.getLogger(__name__)
+
+FEATURE_VIEWS: tuple[str, ...] = ("user_features", "item_features", "user_item_features")
+ENTITY_KEYS: dict[str, tuple[str, ...]] = {
+    "user_features": ("user_id",),
+    "item_features": ("item_id",),
+    "user_item_features": ("user_id", "item_id"),
+}
+TIMESTAMP_COLUMNS = ("event_timestamp", "created_timestamp")
+RECENCY_COLUMNS: dict[str, str] = {
+    "user_features": "u_days_since_last_event",
+    "item_features": "i_days_since_last_event",
+    "user_item_features": "ui_days_since_last_event",
+}
+"""Per view, a column that is never null for an entity with events in the window."""
+
+_SECONDS_PER_DAY = 86400.0
+_EVENT_TYPE_NAMES = {"view": "views", "add_to_cart": "carts", "purchase": "purchases"}
+
+
+@dataclass(frozen=True)
+class FeaturePartition:
+    """One feature view's Parquet file for one day."""
+
+    view: str
+    day: str
+    path: Path
+    rows: int
+
+
+def feature_timestamp(day: date, zone: ZoneInfo) -> datetime:
+    """Return the event timestamp of day ``day``'s features: the last second of the day."""
+    _, end = day_bounds(day, zone)
+    return end - timedelta(seconds=1)
+
+
+def _window_counts(prefix: str, windows: tuple[int, ...], day: date) -> list[str]:
+    columns = []
+    for window in windows:
+        first = day - timedelta(days=window - 1)
+        for event_type, name in _EVENT_TYPE_NAMES.items():
+            columns.append(
+                f"(count(*) FILTER (event_type = '{event_type}' AND event_day >= DATE '{first}'))::DOUBLE "
+                f"AS {prefix}_{name}_{window}d"
+            )
+    return columns
+
+
+def user_features_sql(day: date, config: FeatureConfig) -> str:
+    """Return the SQL of the user features of ``day``; ``$as_of`` is the feature timestamp."""
+    long = max(config.windows_days)
+    first = day - timedelta(days=long - 1)
+    counts = ",\n        ".join(_window_counts("u", config.windows_days, day))
+    return f"""
+    WITH window_events AS (
+        SELECT * FROM events
+        WHERE event_day BETWEEN DATE '{first}' AND DATE '{day}' AND user_id IS NOT NULL
+    ),
+    category_share AS (
+        SELECT user_id, max(n) / sum(n) AS top_share
+        FROM (SELECT user_id, category, count(*) AS n FROM window_events
+              WHERE category IS NOT NULL GROUP BY user_id, category)
+        GROUP BY user_id
+    )
+    SELECT
+        w.user_id,
+        $as_of::TIMESTAMPTZ AS event_timestamp,
+        {counts},
+        coalesce(sum(price * quantity) FILTER (event_type = 'purchase'), 0)::DOUBLE AS u_revenue_{long}d,
+        (count(*) FILTER (event_type = 'purchase'))
+            / nullif(count(*) FILTER (event_type = 'view'), 0)::DOUBLE AS u_view_conversion_{long}d,
+        count(DISTINCT item_id)::DOUBLE AS u_distinct_items_{long}d,
+        count(DISTINCT event_day)::DOUBLE AS u_active_days_{long}d,
+        avg(price)::DOUBLE AS u_avg_price_{long}d,
+        epoch($as_of::TIMESTAMPTZ - max(event_time)) / {_SECONDS_PER_DAY} AS u_days_since_last_event,
+        epoch($as_of::TIMESTAMPTZ - max(event_time) FILTER (event_type = 'purchase')) / {_SECONDS_PER_DAY}
+            AS u_days_since_last_purchase,
+        any_value(c.top_share)::DOUBLE AS u_top_category_share_{long}d
+    FROM window_events w LEFT JOIN category_share c USING (user_id)
+    GROUP BY w.user_id
+    """
+
+
+def item_features_sql(day: date, config: FeatureConfig) -> str:
+    """Return the SQL of the item features of ``day``; rows without a user id count here too."""
+    long = max(config.windows_days)
+    first = day - timedelta(days=long - 1)
+    week_first = day - timedelta(days=6)
+    counts = ",\n        ".join(_window_counts("i", config.windows_days, day))
+    return f"""
+    SELECT
+        item_id,
+        $as_of::TIMESTAMPTZ AS event_timestamp,
+        {counts},
+        count(DISTINCT user_id) FILTER (event_day >= DATE '{week_first}')::DOUBLE AS i_distinct_users_7d,
+        epoch($as_of::TIMESTAMPTZ - max(event_time)) / {_SECONDS_PER_DAY} AS i_days_since_last_event,
+        count(DISTINCT user_id)::DOUBLE AS i_distinct_users_{long}d,
+        coalesce(sum(price * quantity) FILTER (event_type = 'purchase'), 0)::DOUBLE AS i_revenue_{long}d,
+        (count(*) FILTER (event_type = 'purchase'))
+            / nullif(count(*) FILTER (event_type = 'view'), 0)::DOUBLE AS i_view_conversion_{long}d,
+        median(price)::DOUBLE AS i_price,
+        epoch($as_of::TIMESTAMPTZ - max(event_time) FILTER (event_type = 'purchase')) / {_SECONDS_PER_DAY}
+            AS i_days_since_last_purchase,
+        (count(*) FILTER (event_type = 'purchase' AND event_day >= DATE '{week_first}')) * ({long} / 7.0)
+            / nullif(count(*) FILTER (event_type = 'purchase'), 0)::DOUBLE AS i_purchase_trend
+    FROM events
+    WHERE event_day BETWEEN DATE '{first}' AND DATE '{day}'
+    GROUP BY item_id
+    """
+
+
+def user_item_features_sql(day: date, config: FeatureConfig) -> str:
+    """Return the SQL of the user x item and user x category history of ``day``."""
+    window = config.user_item_window_days
+    first = day - timedelta(days=window - 1)
+    return f"""
+    WITH window_events AS (
+        SELECT * FROM events
+        WHERE event_day BETWEEN DATE '{first}' AND DATE '{day}' AND user_id IS NOT NULL
+    ),
+    item_category AS (
+        SELECT item_id, arg_max(category, event_time) AS category
+        FROM window_events WHERE category IS NOT NULL GROUP BY item_id
+    ),
+    user_category AS (
+        SELECT w.user_id, c.category,
+               count(*) FILTER (w.event_type = 'view') AS views,
+               count(*) FILTER (w.event_type = 'purchase') AS purchases
+        FROM window_events w JOIN item_category c USING (item_id)
+        GROUP BY w.user_id, c.category
+    ),
+    user_totals AS (
+        SELECT user_id, count(*) FILTER (event_type = 'purchase') AS purchases
+        FROM window_events GROUP BY user_id
+    ),
+    pairs AS (
+        SELECT
+            user_id, item_id,
+            count(*) FILTER (event_type = 'view')::DOUBLE AS ui_views_{window}d,
+            count(*) FILTER (event_type = 'add_to_cart')::DOUBLE AS ui_carts_{window}d,
+            count(*) FILTER (event_type = 'purchase')::DOUBLE AS ui_purchases_{window}d,
+            count(DISTINCT event_day) FILTER (event_type = 'purchase')::DOUBLE AS ui_purchase_days_{window}d,
+            epoch($as_of::TIMESTAMPTZ - max(event_time)) / {_SECONDS_PER_DAY} AS ui_days_since_last_event,
+            epoch($as_of::TIMESTAMPTZ - max(event_time) FILTER (event_type = 'purchase')) / {_SECONDS_PER_DAY}
+                AS ui_days_since_last_purchase
+        FROM window_events
+        GROUP BY user_id, item_id
+    )
+    SELECT
+        p.user_id, p.item_id,
+        $as_of::TIMESTAMPTZ AS event_timestamp,
+        p.* EXCLUDE (user_id, item_id),
+        coalesce(uc.views, 0)::DOUBLE AS uc_views_{window}d,
+        coalesce(uc.purchases, 0)::DOUBLE AS uc_purchases_{window}d,
+        (uc.purchases / nullif(t.purchases, 0))::DOUBLE AS uc_purchase_share_{window}d
+    FROM pairs p
+    LEFT JOIN item_category ic USING (item_id)
+    LEFT JOIN user_category uc ON uc.user_id = p.user_id AND uc.category = ic.category
+    LEFT JOIN user_totals t ON t.user_id = p.user_id
+    """
+
+
+_VIEW_SQL = {
+    "user_features": user_features_sql,
+    "item_features": item_features_sql,
+    "user_item_features": user_item_features_sql,
+}
+
+
+def partition_path(offline_dir: Path, view: str, day: date) -> Path:
+    """Return the Parquet file of one view's partition for ``day``."""
+    return offline_dir / view / f"{day.isoformat()}.parquet"
+
+
+def previous_partition(offline_dir: Path, view: str, day: date) -> Path | None:
+    """Return the newest partition file of ``view`` older than ``day``, if any."""
+    older = [path for path in (offline_dir / view).glob("*.parquet") if path.stem < day.isoformat()]
+    return max(older) if older else None
+
+
+def _with_expiry_rows(query: str, view: str, previous: Path | None) -> str:
+    """Add an all-null row for each entity active in the previous partition but not in this one.
+
+    Feast's point-in-time join and its online store both serve an entity's newest row, so
+    without this row an entity that left every window would keep serving its last counts.
+    """
+    if previous is None:
+        return query
+    keys = ", ".join(ENTITY_KEYS[view])
+    recency = RECENCY_COLUMNS[view]
+    return f"""
+    WITH current AS ({query})
+    SELECT * FROM current
+    UNION ALL BY NAME
+    SELECT {keys}, $as_of::TIMESTAMPTZ AS event_timestamp
+    FROM read_parquet('{previous}') AS previous
+    WHERE previous.{recency} IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM current WHERE {" AND ".join(f"current.{k} = previous.{k}" for k in ENTITY_KEYS[view])})
+    """
+
+
+def write_feature_partition(
+    warehouse: Path, offline_dir: Path, view: str, day: date, config: FeatureConfig, zone: ZoneInfo
+) -> FeaturePartition:
+    """Compute one view's features of ``day`` and replace its Parquet file atomically."""
+    target = partition_path(offline_dir, view, day)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.tmp")
+    as_of = feature_timestamp(day, zone)
+    query = _with_expiry_rows(_VIEW_SQL[view](day, config), view, previous_partition(offline_dir, view, day))
+    with connect(warehouse, read_only=True) as con:
+        con.execute(
+            f"COPY (SELECT *, $as_of::TIMESTAMPTZ AS created_timestamp FROM ({query}) ORDER BY ALL) "
+            f"TO '{temporary}' (FORMAT parquet, COMPRESSION zstd)",
+            {"as_of": as_of},
+        )
+        rows = con.execute(f"SELECT count(*) FROM read_parquet('{temporary}')").fetchone()[0]
+    os.replace(temporary, target)
+    logger.info("wrote %s rows of %s for %s to %s", rows, view, day, target)
+    return FeaturePartition(view=view, day=day.isoformat(), path=target, rows=int(rows))
+
+
+def feature_columns(view: str, config: FeatureConfig) -> list[str]:
+    """Return the feature columns of a view, read from its query's result schema."""
+    import duckdb
+
+    from freshrank.warehouse import SCHEMA_SQL
+
+    con = duckdb.connect()
+    try:
+        con.execute(SCHEMA_SQL)
+        query = _VIEW_SQL[view](date(2000, 1, 1), config)
+        described = con.execute(f"DESCRIBE ({query})", {"as_of": datetime(2000, 1, 2)}).fetchall()
+    finally:
+        con.close()
+    skip = set(ENTITY_KEYS[view]) | set(TIMESTAMP_COLUMNS)
+    return [row[0] for row in described if row[0] not in skip]

@@ -1,0 +1,142 @@
+"""Labelled training rows of one day, with point-in-time features from Feast.
+
+Labels come from day ``d``'s events; features are joined as of the start of ``d``, so
+they describe behaviour up to the end of ``d - 1``. A query group is one user's
+candidate items on ``d``:
+
+* with a funnel (the day has view events), the candidates are the items the user
+  viewed, carted or bought that day, and bought items are the positives;
+* with purchase-only data, the positives are the bought items, and negatives are drawn
+  from the other items, weighted by their purchases over the trailing days before ``d``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from datetime import date, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from freshrank.config import Settings
+from freshrank.feature_store import day_start, historical_features
+from freshrank.warehouse import connect
+
+logger = logging.getLogger(__name__)
+
+KEY_COLUMNS = ("user_id", "item_id", "event_day", "label")
+_POPULARITY_DAYS = 28
+
+
+def label_rows(settings: Settings, day: date) -> tuple[pd.DataFrame, str]:
+    """Return (user_id, item_id, label) candidates of ``day`` and the labelling mode used."""
+    with connect(settings.warehouse_path, read_only=True) as con:
+        has_views = con.execute(
+            "SELECT count(*) FROM events WHERE event_day = ? AND event_type = 'view'", [day]
+        ).fetchone()[0]
+        if has_views:
+            rows = con.execute(
+                """
+                SELECT user_id, item_id, max((event_type = 'purchase')::INTEGER) AS label
+                FROM events WHERE event_day = ? AND user_id IS NOT NULL
+                GROUP BY user_id, item_id ORDER BY user_id, item_id
+                """,
+                [day],
+            ).df()
+            return rows, "funnel"
+        positives = con.execute(
+            """
+            SELECT DISTINCT user_id, item_id, 1 AS label FROM events
+            WHERE event_day = ? AND event_type = 'purchase' AND user_id IS NOT NULL
+            ORDER BY user_id, item_id
+            """,
+            [day],
+        ).df()
+        popularity = con.execute(
+            """
+            SELECT item_id, count(*) AS purchases FROM events
+            WHERE event_day BETWEEN ? AND ? AND event_type = 'purchase'
+            GROUP BY item_id ORDER BY item_id
+            """,
+            [day - timedelta(days=_POPULARITY_DAYS), day - timedelta(days=1)],
+        ).df()
+    if popularity.empty:
+        # The first day has no history: its own purchases weight the negatives.
+        popularity = positives.groupby("item_id").size().rename("purchases").reset_index()
+    negatives = sample_negatives(positives, popularity, settings.training.negatives_per_positive, _day_seed(settings, day))
+    rows = pd.concat([positives, negatives], ignore_index=True)
+    return rows.sort_values(["user_id", "item_id"], ignore_index=True), "sampled_negatives"
+
+
+def _day_seed(settings: Settings, day: date) -> int:
+    digest = hashlib.sha256(f"{settings.training.seed}:{day.isoformat()}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def sample_negatives(positives: pd.DataFrame, popularity: pd.DataFrame, per_positive: int, seed: int) -> pd.DataFrame:
+    """Draw popularity-weighted negatives for each user, excluding the items the user bought."""
+    if positives.empty or popularity.empty or per_positive <= 0:
+        return pd.DataFrame({"user_id": [], "item_id": [], "label": []}).astype({"label": "int64"})
+    rng = np.random.default_rng(seed)
+    items = popularity["item_id"].to_numpy()
+    weights = popularity["purchases"].to_numpy(dtype="float64")
+    weights = weights / weights.sum()
+    records = []
+    for user_id, bought in positives.groupby("user_id", sort=True)["item_id"]:
+        wanted = per_positive * len(bought)
+        bought_set = set(bought)
+        available = len(items) - len(bought_set & set(items))
+        count = min(wanted, available)
+        if count <= 0:
+            continue
+        draws = rng.choice(items, size=min(len(items), count * 3 + 10), replace=True, p=weights)
+        chosen = list(dict.fromkeys(item for item in draws if item not in bought_set))[:count]
+        records.extend((user_id, item, 0) for item in chosen)
+    return pd.DataFrame(records, columns=["user_id", "item_id", "label"])
+
+
+def build_training_rows(settings: Settings, day: date) -> tuple[pd.DataFrame, str]:
+    """Label ``day`` and join the features as of its start; return the rows and the labelling mode."""
+    labels, mode = label_rows(settings, day)
+    entity_rows = labels.assign(event_timestamp=day_start(day, settings))
+    joined = historical_features(settings, entity_rows)
+    joined = joined.drop(columns=["event_timestamp"]).assign(event_day=day.isoformat())
+    joined["label"] = joined["label"].astype("int64")
+    feature_names = [column for column in joined.columns if column not in KEY_COLUMNS]
+    ordered = joined[list(KEY_COLUMNS) + feature_names]
+    return ordered.sort_values(["user_id", "item_id"], ignore_index=True), mode
+
+
+def training_rows_path(settings: Settings, day: date) -> Path:
+    """Return the Parquet file of a day's training rows."""
+    return settings.home / "training_rows" / f"{day.isoformat()}.parquet"
+
+
+def write_training_rows(settings: Settings, day: date, rows: pd.DataFrame) -> Path:
+    """Replace a day's training rows atomically."""
+    target = training_rows_path(settings, day)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.tmp")
+    rows.to_parquet(temporary, index=False)
+    os.replace(temporary, target)
+    return target
+
+
+def read_training_rows(settings: Settings, days: list[date]) -> pd.DataFrame:
+    """Concatenate the stored training rows of ``days``; days without rows are skipped."""
+    frames = [pd.read_parquet(path) for day in days if (path := training_rows_path(settings, day)).exists()]
+    if not frames:
+        return pd.DataFrame()
+    return pd.concat(frames, ignore_index=True)
+
+
+def stored_training_days(settings: Settings, before: date, limit: int) -> list[date]:
+    """Return up to ``limit`` days before ``before`` that have stored training rows, oldest first."""
+    folder = settings.home / "training_rows"
+    if not folder.is_dir():
+        return []
+    days = sorted(date.fromisoformat(path.stem) for path in folder.glob("*.parquet") if path.stem < before.isoformat())
+    return days[-limit:]

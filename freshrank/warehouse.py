@@ -1,0 +1,205 @@
+"""The DuckDB warehouse: one partition of ``events`` per event day, replaced atomically.
+
+Publishing a day applies the cleaning rules and replaces the day's rows in ``events``
+and ``returns`` and its row in ``partitions`` inside one transaction, so a failure at
+any point leaves every partition as it was, and publishing the same increment twice
+gives the same tables.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Iterator
+from zoneinfo import ZoneInfo
+
+import duckdb
+import pandas as pd
+
+from freshrank.errors import IncrementError
+from freshrank.increments import Increment, day_bounds
+from freshrank.schema import EVENT_TYPES
+
+logger = logging.getLogger(__name__)
+
+_EVENT_COLUMNS = """
+    event_day DATE NOT NULL,
+    event_time TIMESTAMPTZ NOT NULL,
+    user_id VARCHAR,
+    item_id VARCHAR NOT NULL,
+    event_type VARCHAR NOT NULL,
+    quantity DOUBLE NOT NULL,
+    price DOUBLE,
+    category VARCHAR,
+    session_id VARCHAR
+"""
+
+SCHEMA_SQL = f"""
+CREATE TABLE IF NOT EXISTS events ({_EVENT_COLUMNS});
+CREATE TABLE IF NOT EXISTS returns ({_EVENT_COLUMNS});
+CREATE TABLE IF NOT EXISTS partitions (
+    event_day DATE PRIMARY KEY,
+    data_version VARCHAR NOT NULL,
+    rows_in BIGINT NOT NULL,
+    rows_published BIGINT NOT NULL,
+    duplicates_dropped BIGINT NOT NULL,
+    returns_set_aside BIGINT NOT NULL,
+    rows_without_user BIGINT NOT NULL,
+    published_at TIMESTAMPTZ NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class PublishReport:
+    """Row counts of one published partition; every row in is published or counted as set aside."""
+
+    day: str
+    data_version: str
+    rows_in: int
+    rows_published: int
+    duplicates_dropped: int
+    returns_set_aside: int
+    rows_without_user: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@contextmanager
+def connect(path: Path, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Open the warehouse, creating its tables on first use."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if read_only and not path.exists():
+        read_only = False
+    con = duckdb.connect(str(path), read_only=read_only)
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        if not read_only:
+            con.execute(SCHEMA_SQL)
+        yield con
+    finally:
+        con.close()
+
+
+def publish_increment(path: Path, increment: Increment, timezone_name: str) -> PublishReport:
+    """Clean an increment and replace its day's partition in one transaction.
+
+    Cleaning rules, each counted: exact duplicate rows are dropped; rows with a negative
+    quantity (returns and cancellations) go to ``returns`` instead of ``events``; rows
+    without a user id stay in ``events`` (they count for item features only).
+    """
+    frame = increment.frame
+    _check_inside_day(increment, ZoneInfo(timezone_name))
+    _check_event_types(increment)
+    day = increment.day
+    with connect(path) as con:
+        con.register("increment_rows", frame)
+        try:
+            con.execute("BEGIN TRANSACTION")
+            con.execute("DELETE FROM events WHERE event_day = ?", [day])
+            con.execute("DELETE FROM returns WHERE event_day = ?", [day])
+            con.execute(
+                "CREATE OR REPLACE TEMP TABLE clean_rows AS SELECT DISTINCT ?::DATE AS event_day, * FROM increment_rows",
+                [day],
+            )
+            con.execute("INSERT INTO events SELECT * FROM clean_rows WHERE quantity > 0")
+            con.execute("INSERT INTO returns SELECT * FROM clean_rows WHERE quantity < 0")
+            counts = con.execute(
+                """
+                SELECT count(*) FILTER (quantity > 0),
+                       count(*) FILTER (quantity < 0),
+                       count(*) FILTER (quantity > 0 AND user_id IS NULL),
+                       count(*)
+                FROM clean_rows
+                """
+            ).fetchone()
+            published, returns, without_user, distinct = (int(value) for value in counts)
+            report = PublishReport(
+                day=day.isoformat(),
+                data_version=increment.data_version,
+                rows_in=len(frame),
+                rows_published=published,
+                duplicates_dropped=len(frame) - distinct,
+                returns_set_aside=returns,
+                rows_without_user=without_user,
+            )
+            con.execute("DELETE FROM partitions WHERE event_day = ?", [day])
+            con.execute(
+                "INSERT INTO partitions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    day,
+                    report.data_version,
+                    report.rows_in,
+                    report.rows_published,
+                    report.duplicates_dropped,
+                    report.returns_set_aside,
+                    report.rows_without_user,
+                    datetime.now(timezone.utc),
+                ],
+            )
+            con.execute("DROP TABLE clean_rows")
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        finally:
+            con.unregister("increment_rows")
+    logger.info("published partition %s: %s", day, report)
+    return report
+
+
+def _check_inside_day(increment: Increment, zone: ZoneInfo) -> None:
+    start, end = day_bounds(increment.day, zone)
+    times = increment.frame["event_time"]
+    outside = (times < pd.Timestamp(start)) | (times >= pd.Timestamp(end))
+    if outside.any():
+        row = int(outside.to_numpy().nonzero()[0][0])
+        raise IncrementError(
+            ", ".join(str(path) for path in increment.files),
+            f"{int(outside.sum())} event(s) fall outside {increment.day} in {zone.key}, "
+            f"the first at row {row + 1} with event_time {times.iloc[row]}",
+            "Move those events to the folder of their own day, or set the business timezone "
+            "(`timezone` in freshrank.yaml) to the zone the shop's days are counted in.",
+        )
+
+
+def _check_event_types(increment: Increment) -> None:
+    unknown = ~increment.frame["event_type"].isin(EVENT_TYPES)
+    if unknown.any():
+        row = int(unknown.to_numpy().nonzero()[0][0])
+        raise IncrementError(
+            ", ".join(str(path) for path in increment.files),
+            f"row {row + 1}: event_type {increment.frame['event_type'].iloc[row]!r} is not one of {', '.join(EVENT_TYPES)}",
+            "Map the shop's event names to the canonical ones (an importer does this for known formats).",
+        )
+
+
+def partition_rows(path: Path) -> pd.DataFrame:
+    """Return the ``partitions`` table: one row per published day with its counts and data version."""
+    with connect(path) as con:
+        return con.execute("SELECT * FROM partitions ORDER BY event_day").df()
+
+
+def published_row_counts(path: Path, before: date, days: int) -> list[int]:
+    """Return the published row counts of up to ``days`` partitions before ``before``, newest first."""
+    if not path.exists():
+        return []
+    with connect(path) as con:
+        rows = con.execute(
+            "SELECT rows_in FROM partitions WHERE event_day < ? ORDER BY event_day DESC LIMIT ?",
+            [before, days],
+        ).fetchall()
+    return [int(row[0]) for row in rows]
+
+
+def read_events(path: Path, first: date, last: date) -> pd.DataFrame:
+    """Return the published events of the days ``first`` .. ``last`` inclusive."""
+    with connect(path) as con:
+        return con.execute(
+            "SELECT * FROM events WHERE event_day BETWEEN ? AND ? ORDER BY event_time",
+            [first, last],
+        ).df()

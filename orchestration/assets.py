@@ -1,0 +1,288 @@
+"""The daily loop as Dagster software-defined assets, one partition per event day.
+
+increment -> (blocking check) -> events -> user/item/user_item features -> online_features
+events + features of the day before -> training_rows -> prequential_evaluation
+training_rows + challenger of the day before -> challenger_model -> prediction_drift -> deployment
+"""
+
+
+import contextlib
+import io
+import logging
+from datetime import date
+
+import numpy as np
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetDep,
+    AssetExecutionContext,
+    AssetsDefinition,
+    DataVersion,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+    asset_check,
+)
+
+from freshrank.config import Settings
+from freshrank.feature_store import materialize_day, model_feature_names, open_store, probe_online
+from freshrank.features import FEATURE_VIEWS, write_feature_partition
+from freshrank.quality import validate_staged
+from freshrank.records import read_record, write_record
+from freshrank.staging import load_staged, stage_increment
+from freshrank.training_rows import build_training_rows, read_training_rows, stored_training_days, write_training_rows
+from freshrank.warehouse import publish_increment
+from models import lifecycle
+from models.training import predict
+from orchestration.metadata import clean_metadata
+from orchestration.partitions import daily_partitions, previous_day, trailing_window
+from orchestration.resources import FreshrankHome
+
+logger = logging.getLogger(__name__)
+
+
+def _day(context) -> date:
+    return date.fromisoformat(context.partition_key)
+
+
+def build_assets(settings: Settings) -> tuple[list[AssetsDefinition], list]:
+    """Build the assets and asset checks of the daily loop for a home's partitions and windows."""
+    partitions = daily_partitions(settings)
+    window = settings.features.max_window_days
+
+    @asset(partitions_def=partitions, group_name="ingestion", kinds={"parquet"})
+    def increment(context: AssetExecutionContext, freshrank: FreshrankHome) -> MaterializeResult:
+        """The day's delivered events, typed into the canonical schema and staged for validation."""
+        staged = stage_increment(freshrank.settings(), _day(context))
+        return MaterializeResult(
+            metadata={
+                "rows": staged.rows,
+                "files": MetadataValue.json(list(staged.files)),
+                "data_version": staged.data_version,
+                "staged_path": MetadataValue.path(str(staged.path)),
+            },
+            data_version=DataVersion(staged.data_version),
+        )
+
+    @asset_check(asset=increment, blocking=True, partitions_def=partitions)
+    def check_increment_valid(context, freshrank: FreshrankHome) -> AssetCheckResult:
+        """The Great Expectations suite passes on the staged increment (blocks publishing)."""
+        outcome = validate_staged(freshrank.settings(), date.fromisoformat(context.partition_key))
+        failed = outcome.result.failed()
+        metadata = {
+            "data_version": outcome.data_version,
+            "rows": outcome.result.row_count,
+            "failed_expectations": len(failed),
+            "summary": MetadataValue.md(outcome.result.to_markdown()),
+            "report": MetadataValue.path(str(outcome.report_paths["json"])),
+        }
+        if outcome.quarantine is not None:
+            metadata["quarantine"] = MetadataValue.path(str(outcome.quarantine))
+        return AssetCheckResult(
+            passed=outcome.result.success, severity=AssetCheckSeverity.ERROR, metadata=metadata
+        )
+
+    @asset(partitions_def=partitions, deps=[increment], group_name="ingestion", kinds={"duckdb"})
+    def events(context: AssetExecutionContext, freshrank: FreshrankHome) -> MaterializeResult:
+        """The day's validated events in the DuckDB warehouse, cleaned and deduplicated."""
+        settings = freshrank.settings()
+        day = _day(context)
+        report = publish_increment(settings.warehouse_path, load_staged(settings, day), settings.timezone)
+        write_record(settings, "events", day, report.to_dict())
+        return MaterializeResult(metadata=clean_metadata(report.to_dict()), data_version=DataVersion(report.data_version))
+
+    feature_assets = [_feature_asset(view, partitions, window) for view in FEATURE_VIEWS]
+
+    @asset(partitions_def=partitions, deps=feature_assets, group_name="features", kinds={"feast", "sqlite"})
+    def online_features(context: AssetExecutionContext, freshrank: FreshrankHome) -> MaterializeResult:
+        """The day's feature rows in the Feast online store, checked by reading a sample back."""
+        settings = freshrank.settings()
+        day = _day(context)
+        store = open_store(settings)
+        with contextlib.redirect_stdout(io.StringIO()) as feast_output:
+            start, end = materialize_day(settings, day, store)
+        logger.debug("feast materialize output: %s", feast_output.getvalue())
+        probe = probe_online(settings, day, store)
+        record = {
+            "window_start": start.isoformat(),
+            "window_end": end.isoformat(),
+            "probe_entities": probe.entities,
+            "probe_values": probe.values,
+            "probe_mismatches": len(probe.mismatches),
+            "probe_matched": probe.matched,
+        }
+        write_record(settings, "online_features", day, {**record, "mismatches": probe.mismatches})
+        metadata = clean_metadata(record)
+        if probe.mismatches:
+            metadata["mismatch_examples"] = MetadataValue.json(probe.mismatches[:10])
+        return MaterializeResult(metadata=metadata)
+
+    @asset(
+        partitions_def=partitions,
+        deps=[events] + [AssetDep(view, partition_mapping=previous_day()) for view in feature_assets],
+        group_name="model",
+        kinds={"feast", "parquet"},
+    )
+    def training_rows(context: AssetExecutionContext, freshrank: FreshrankHome) -> MaterializeResult:
+        """Labelled candidates of the day with point-in-time features as of the day before."""
+        settings = freshrank.settings()
+        day = _day(context)
+        rows, mode = build_training_rows(settings, day)
+        path = write_training_rows(settings, day, rows)
+        record = {
+            "rows": len(rows),
+            "positives": int(rows["label"].sum()) if len(rows) else 0,
+            "users": int(rows["user_id"].nunique()) if len(rows) else 0,
+            "labelling": mode,
+            "path": str(path),
+        }
+        write_record(settings, "training_rows", day, record)
+        return MaterializeResult(metadata=clean_metadata(record))
+
+    @asset(partitions_def=partitions, deps=[training_rows], group_name="model", kinds={"xgboost"})
+    def prequential_evaluation(context: AssetExecutionContext, freshrank: FreshrankHome) -> MaterializeResult:
+        """The champion's (and the previous challenger's) metrics on the day, before training on it."""
+        settings = freshrank.settings()
+        day = _day(context)
+        record = lifecycle.prequential_evaluation(settings, day)
+        write_record(settings, "prequential_evaluation", day, record)
+        metadata = {"champion": record["champion"] or "none", "rows": record["rows"]}
+        for prefix, key in (("champion", "champion_metrics"), ("previous_challenger", "previous_challenger_metrics")):
+            for name, value in (record.get(key) or {}).items():
+                metadata[f"{prefix}_{name}"] = value
+        return MaterializeResult(metadata=clean_metadata(metadata))
+
+    @asset(
+        partitions_def=partitions,
+        deps=[training_rows, prequential_evaluation, AssetDep("challenger_model", partition_mapping=previous_day())],
+        group_name="model",
+        kinds={"xgboost"},
+    )
+    def challenger_model(context: AssetExecutionContext, freshrank: FreshrankHome) -> MaterializeResult:
+        """The day's challenger: the champion plus new trees on the day, or a full train when due."""
+        settings = freshrank.settings()
+        day = _day(context)
+        result = lifecycle.train_challenger(settings, day)
+        write_record(settings, "challenger_model", day, result.to_dict())
+        metadata = {
+            "version": result.version or "none",
+            "kind": result.kind,
+            "parent": result.parent or "none",
+            "tree_count": result.trees,
+            "training_rows": result.training_rows,
+            "holdout_rows": result.holdout_rows,
+            "skipped_reason": result.skipped_reason,
+        }
+        for prefix, values in (("holdout", result.challenger_holdout), ("champion_holdout", result.champion_holdout)):
+            for name, value in values.items():
+                metadata[f"{prefix}_{name}"] = value
+        return MaterializeResult(metadata=clean_metadata(metadata))
+
+    @asset(partitions_def=partitions, deps=[challenger_model], group_name="model", kinds={"evidently"})
+    def prediction_drift(context: AssetExecutionContext, freshrank: FreshrankHome) -> MaterializeResult:
+        """Evidently drift of the day's features and predictions against the reference window."""
+        settings = freshrank.settings()
+        day = _day(context)
+        record = _drift_record(settings, day)
+        write_record(settings, "prediction_drift", day, record)
+        metadata = clean_metadata({k: v for k, v in record.items() if k not in ("columns", "drifted_columns")})
+        metadata["drifted_columns"] = MetadataValue.json(record.get("drifted_columns", []))
+        if record.get("html_path"):
+            metadata["report"] = MetadataValue.path(record["html_path"])
+        return MaterializeResult(metadata=metadata)
+
+    @asset(
+        partitions_def=partitions,
+        deps=[challenger_model, prediction_drift, prequential_evaluation, online_features],
+        group_name="deployment",
+        kinds={"xgboost"},
+    )
+    def deployment(context: AssetExecutionContext, freshrank: FreshrankHome) -> MaterializeResult:
+        """The gate's decision for the day's challenger and the champion serving afterwards."""
+        from orchestration.deploy import deploy_day
+
+        record = deploy_day(freshrank.settings(), _day(context))
+        metadata = clean_metadata({k: v for k, v in record.items() if k != "reasons"})
+        metadata["reasons"] = MetadataValue.json(record["reasons"])
+        return MaterializeResult(metadata=metadata)
+
+    assets = [
+        increment,
+        events,
+        *feature_assets,
+        online_features,
+        training_rows,
+        prequential_evaluation,
+        challenger_model,
+        prediction_drift,
+        deployment,
+    ]
+    return assets, [check_increment_valid]
+
+
+def _feature_asset(view: str, partitions, window: int) -> AssetsDefinition:
+    descriptions = {
+        "user_features": "Per-user activity over trailing windows, one Parquet file per day for Feast.",
+        "item_features": "Per-item popularity over trailing windows, one Parquet file per day for Feast.",
+        "user_item_features": "Per user x item and user x category history, one Parquet file per day for Feast.",
+    }
+
+    @asset(
+        name=view,
+        partitions_def=partitions,
+        deps=[AssetDep("events", partition_mapping=trailing_window(window))],
+        group_name="features",
+        kinds={"duckdb", "parquet"},
+        description=descriptions[view],
+    )
+    def feature_partition(context: AssetExecutionContext, freshrank: FreshrankHome) -> MaterializeResult:
+        settings = freshrank.settings()
+        day = _day(context)
+        written = write_feature_partition(
+            settings.warehouse_path, settings.offline_dir, view, day, settings.features, settings.zone
+        )
+        return MaterializeResult(metadata={"rows": written.rows, "path": MetadataValue.path(str(written.path))})
+
+    return feature_partition
+
+
+def _drift_record(settings: Settings, day: date) -> dict:
+    from freshrank.drift import check_drift
+
+    challenger = read_record(settings, "challenger_model", day) or {}
+    registry = lifecycle.registry_for(settings)
+    version = challenger.get("version") or registry.champion()
+    reference_days = stored_training_days(settings, day, settings.drift.reference_days)
+    current = read_training_rows(settings, [day])
+    reference = read_training_rows(settings, reference_days)
+    if version is None or reference.empty or current.empty:
+        return {"skipped_reason": "no model or no reference window yet", "drift_share": None, "alert": False}
+    columns = model_feature_names(settings)
+    booster = registry.load(version)
+    current = current.assign(prediction=predict(booster, current, columns))
+    reference = reference.assign(prediction=predict(booster, reference, columns))
+    html_path = settings.reports_dir / "drift" / f"{day.isoformat()}.html"
+    result = check_drift(reference, current, columns + ["prediction"], settings.drift, html_path, seed=settings.training.seed)
+    record = {
+        "model_version": version,
+        "reference_days": [d.isoformat() for d in reference_days],
+        "drift_share": result.drift_share,
+        "drifted_columns": result.drifted_columns,
+        "alert": result.alert,
+        "threshold": result.threshold,
+        "html_path": str(result.html_path) if result.html_path else None,
+        "prediction_mean": float(np.mean(current["prediction"])),
+        "prediction_std": float(np.std(current["prediction"])),
+    }
+    if result.alert:
+        from freshrank.alerts import raise_alert
+
+        raise_alert(
+            settings,
+            "drift",
+            day.isoformat(),
+            f"drift share {result.drift_share:.2f} over threshold {result.threshold} on {day}",
+            {"drifted_columns": result.drifted_columns, "report": record["html_path"]},
+        )
+    return record

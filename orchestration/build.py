@@ -1,0 +1,30 @@
+"""Assembly of the Dagster definitions of one freshrank home."""
+
+from __future__ import annotations
+
+from dagster import AssetSelection, Definitions, define_asset_job
+
+from freshrank.config import Settings, load_settings
+from orchestration.assets import build_assets
+from orchestration.partitions import daily_partitions
+from orchestration.resources import FreshrankHome
+
+DAILY_LOOP_JOB = "daily_loop"
+
+
+def build_definitions(settings: Settings | None = None) -> Definitions:
+    """Build the assets, checks, jobs and resources for a home (default: ``$FRESHRANK_HOME``)."""
+    settings = settings or load_settings()
+    assets, checks = build_assets(settings)
+    daily_loop = define_asset_job(
+        DAILY_LOOP_JOB,
+        selection=AssetSelection.all(),
+        partitions_def=daily_partitions(settings),
+        description="Ingest, validate, compute and materialize features, train, evaluate and deploy one day.",
+    )
+    return Definitions(
+        assets=assets,
+        asset_checks=checks,
+        jobs=[daily_loop],
+        resources={"freshrank": FreshrankHome(home=str(settings.home))},
+    )
