@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +50,12 @@ class DriftResult:
     current_rows: int = 0
     """Rows of the current sample that was compared."""
 
+    def to_dict(self) -> dict:
+        """Return the result as a JSON-able dict, with the report path as a string."""
+        data = asdict(self)
+        data["html_path"] = None if self.html_path is None else str(self.html_path)
+        return data
+
 
 def check_drift(
     reference: pd.DataFrame,
@@ -78,7 +84,7 @@ def check_drift(
 
     Raises:
         DriftInputError: A frame is empty, ``columns`` is empty, or a column is missing,
-            not numeric or holds infinite values.
+            not numeric or contains infinite values.
     """
     _check_inputs(reference, current, columns)
     reference_sample = _sample(reference, columns, config.max_rows, seed, "reference")
@@ -125,17 +131,20 @@ def check_drift(
 def _check_inputs(reference: pd.DataFrame, current: pd.DataFrame, columns: list[str]) -> None:
     if not columns:
         raise DriftInputError("no columns were given to the drift check; pass the feature and prediction columns")
+    repeated = sorted({column for column in columns if columns.count(column) > 1})
+    if repeated:
+        raise DriftInputError(f"the drift columns {repeated} are listed more than once; list each column once")
+    if reference.empty:
+        raise DriftInputError(
+            "the reference data of the drift check has no rows; widen DriftConfig.reference_days "
+            "or run the check once earlier days have training rows"
+        )
+    if current.empty:
+        raise DriftInputError("the current data of the drift check has no rows; pass the day's scored rows")
     for name, frame in (("reference", reference), ("current", current)):
-        if frame.empty:
-            raise DriftInputError(
-                f"the {name} data of the drift check has no rows; "
-                "widen DriftConfig.reference_days or run the check once earlier days have training rows"
-                if name == "reference"
-                else f"the {name} data of the drift check has no rows; pass the day's scored rows"
-            )
         missing = [column for column in columns if column not in frame.columns]
         if missing:
-            raise DriftInputError(f"the {name} data lacks the drift columns {missing}; pass frames that contain them")
+            raise DriftInputError(f"the {name} data is missing the drift columns {missing}; pass frames that contain them")
         not_numeric = [column for column in columns if not pd.api.types.is_numeric_dtype(frame[column])]
         if not_numeric:
             dtypes = {column: str(frame[column].dtype) for column in not_numeric}
@@ -193,7 +202,7 @@ def _run_report(reference: pd.DataFrame, current: pd.DataFrame, config: DriftCon
         [DataDriftPreset(columns=list(reference.columns), drift_share=config.drift_share_threshold)],
         include_tests=True,
     )
-    # Evidently's correlation widgets divide by a zero standard deviation on constant columns.
+    # Evidently's dataset drift metric calls np.corrcoef, which divides by zero for a constant column.
     with np.errstate(divide="ignore", invalid="ignore"):
         return report.run(
             Dataset.from_pandas(current, data_definition=definition),

@@ -55,7 +55,10 @@ REPEAT_SESSION_SHARE = 0.08
 MEAN_SESSION_VIEWS = 5.0
 """Mean number of popularity-driven views per session."""
 EVENTS_PER_SESSION = 5.8
-"""Estimated mean events per session (views, carts, purchases, repeat purchases)."""
+"""Mean events per session (views, carts, purchases, repeat purchases).
+
+Measured with the other constants of this module. It turns the day's target volume into a
+number of sessions, so it must be measured again when they change."""
 DEFAULT_EVENTS_PER_USER = 2.0
 """Weekday events per user when ``ShopSpec.events_per_day`` is None."""
 WEEKEND_FACTOR = 1.3
@@ -107,6 +110,8 @@ class ShopSpec:
         for name in ("days", "users", "items", "categories"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ShopSpec.{name} must be at least 1, not {getattr(self, name)}")
+        if self.seed < 0:
+            raise ValueError(f"ShopSpec.seed must be a non-negative integer, not {self.seed}")
         if self.items < self.categories:
             raise ValueError(
                 f"ShopSpec.items ({self.items}) must be at least ShopSpec.categories ({self.categories}) "
@@ -177,13 +182,13 @@ def generate_day(spec: ShopSpec, day_index: int) -> pd.DataFrame:
     views = _draw_views(rng, world, sessions)
     events = _funnel(rng, world, sessions, views)
     events["time_ms"] = np.minimum(events["time_ms"], day_end - 1)
-    return _to_frame(world, events, day)
+    return _to_frame(world, sessions, events, day)
 
 
 def generate_shop(landing: Path, spec: ShopSpec) -> list[str]:
     """Write every day of the shop to ``<landing>/<YYYY-MM-DD>/events.parquet``.
 
-    Days are generated one at a time, so memory holds one day.
+    Days are generated and written one at a time, so only one day is in memory.
 
     Returns:
         The days written, as ``YYYY-MM-DD``.
@@ -374,7 +379,6 @@ def _funnel(rng: np.random.Generator, world: _World, sessions: dict, views: dict
         "time_ms": np.concatenate([part[2] for part in parts]),
         "type": np.concatenate([np.full(len(part[0]), part[3], dtype=np.int8) for part in parts]),
         "quantity": np.concatenate([part[4] for part in parts]).astype(np.float64),
-        "users": sessions["users"],
     }
 
 
@@ -388,16 +392,20 @@ def _repeat_purchases(rng: np.random.Generator, world: _World, sessions: dict) -
     buy_ms = cart_ms + rng.exponential(60_000.0, size=len(session)).astype(np.int64) + 1
     quantity = 1.0 + rng.poisson(0.5, size=len(session))
     ones = np.ones(len(session))
-    return [(session, items, view_ms, 0, ones), (session, items, cart_ms, 1, ones), (session, items, buy_ms, 2, quantity)]
+    return [
+        (session, items, view_ms, 0, ones),
+        (session, items, cart_ms, 1, ones),
+        (session, items, buy_ms, 2, quantity),
+    ]
 
 
-def _to_frame(world: _World, events: dict[str, np.ndarray], day: date) -> pd.DataFrame:
+def _to_frame(world: _World, sessions: dict, events: dict[str, np.ndarray], day: date) -> pd.DataFrame:
     order = np.argsort(events["time_ms"], kind="stable")
     session = events["session"][order]
     items = events["items"][order]
-    users = events["users"][session]
+    users = sessions["users"][session]
 
-    session_names = _names(f"{day:%Y%m%d}-", len(events["users"]), 7)
+    session_names = _names(f"{day:%Y%m%d}-", len(sessions["users"]), 7)
     table = pa.table(
         {
             "event_time": pa.array(events["time_ms"][order], pa.timestamp("ms", tz="UTC")),

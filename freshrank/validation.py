@@ -29,7 +29,7 @@ from freshrank.schema import DAY_FORMAT, EVENT_TYPES, REQUIRED_COLUMNS
 
 logger = logging.getLogger(__name__)
 
-# NOTE: the suite is read from the source tree next to the package; a wheel install does not
+# NOTE: the suite is read from the source tree next to the package. A wheel install does not
 # ship the expectations/ folder, so pass ``suite_path`` there.
 SUITE_PATH = Path(__file__).resolve().parents[1] / "expectations" / "increment_suite.json"
 """Default location of the increment expectation suite."""
@@ -38,7 +38,7 @@ ROW_FINGERPRINT_COLUMN = "_row_fingerprint"
 """Column added to the batch for the duplicate check: a 64-bit hash of each row's values."""
 
 MIN_TRAILING_DAYS = 3
-"""Fewest trailing daily row counts for which the volume check runs."""
+"""Minimum number of trailing daily row counts for the volume check to run."""
 
 EXAMPLE_ROWS = 5
 """Example values or rows kept per failed expectation."""
@@ -56,10 +56,10 @@ _DOMAIN_KWARGS = ("column", "batch_id")
 class ExpectationOutcome:
     """Result of one expectation of the suite on one increment.
 
-    ``observed`` and ``threshold`` depend on the check: the count of unexpected rows and the
-    allowed values or range for column value checks, the missing columns and the required
-    ones for the column check, a share for the duplicate check, and a row count and its
-    bounds for the volume check.
+    ``observed`` and ``threshold`` depend on the check. Column value checks report the count of
+    unexpected rows against the accepted values or range. The column check reports the missing
+    columns against the required ones, the duplicate check a share against the maximum share,
+    and the volume check a row count against its bounds.
     """
 
     expectation: str
@@ -75,7 +75,7 @@ class ExpectationOutcome:
     """Great Expectations type, for example ``expect_column_values_to_not_be_null``."""
     description: str = ""
     skipped: bool = False
-    """True when the expectation was not evaluated; ``note`` says why."""
+    """True when the expectation was not evaluated; ``note`` gives the reason."""
     note: str = ""
 
 
@@ -168,17 +168,26 @@ _runtime_lock = threading.Lock()
 def _gx_runtime() -> _GxRuntime:
     """Return the process-wide GE runtime, creating it on first use.
 
-    The context, data source, asset and batch definition hold no data or results, so they can
-    be shared; every call gets a new batch and a new suite, so results never carry over.
+    The context, data source, asset and batch definition contain no data or results, so calls
+    can share them. Every call gets a new batch and a new suite, so results never carry over.
     """
     global _runtime
     with _runtime_lock:
         if _runtime is None:
             import great_expectations as gx
-            from great_expectations.data_context.types.base import ProgressBarsConfig
+            from great_expectations.data_context.types.base import (
+                DataContextConfig,
+                InMemoryStoreBackendDefaults,
+                ProgressBarsConfig,
+            )
 
-            context = gx.get_context(mode="ephemeral")
-            context.variables.progress_bars = ProgressBarsConfig(globally=False)
+            # In-memory stores without a data docs site, no usage statistics, no progress bars on stderr.
+            project_config = DataContextConfig(
+                store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
+                analytics_enabled=False,
+                progress_bars=ProgressBarsConfig(globally=False),
+            )
+            context = gx.get_context(mode="ephemeral", project_config=project_config)
             asset = context.data_sources.add_pandas("freshrank_staging").add_dataframe_asset("increment")
             _runtime = _GxRuntime(context, asset.add_batch_definition_whole_dataframe("whole_increment"))
             logger.debug("created the ephemeral Great Expectations context")
@@ -495,9 +504,14 @@ def _fill_volume_outcome(
     if volume is None:  # _plan skips the volume check without trailing days, so this is a bug.
         raise RuntimeError("the volume check ran without trailing row counts")
     row_count = int(details["observed_value"])
-    ratio = row_count / volume.trailing_mean if volume.trailing_mean else math.inf
-    outcome.observed = {"row_count": row_count, "ratio_to_trailing_mean": round(ratio, 4)}
     outcome.threshold = {"min_row_count": kwargs["min_value"], "max_row_count": kwargs["max_value"]}
+    if volume.trailing_mean == 0:
+        # Every trailing day was empty: the ratio is undefined and only an empty increment passes.
+        outcome.observed = {"row_count": row_count, "ratio_to_trailing_mean": None}
+        outcome.note = f"The last {volume.trailing_days} published days had no rows."
+        return
+    ratio = row_count / volume.trailing_mean
+    outcome.observed = {"row_count": row_count, "ratio_to_trailing_mean": round(ratio, 4)}
     outcome.note = (
         f"Trailing mean: {volume.trailing_mean:.1f} rows over {volume.trailing_days} days; "
         f"{row_count} rows is {ratio:.2f} x that mean."

@@ -185,7 +185,7 @@ def partition_rows(path: Path) -> pd.DataFrame:
 
 
 def published_row_counts(path: Path, before: date, days: int) -> list[int]:
-    """Return the published row counts of up to ``days`` partitions before ``before``, newest first."""
+    """Return the row counts of up to ``days`` published partitions before ``before``, oldest first."""
     if not path.exists():
         return []
     with connect(path) as con:
@@ -193,7 +193,7 @@ def published_row_counts(path: Path, before: date, days: int) -> list[int]:
             "SELECT rows_in FROM partitions WHERE event_day < ? ORDER BY event_day DESC LIMIT ?",
             [before, days],
         ).fetchall()
-    return [int(row[0]) for row in rows]
+    return [int(row[0]) for row in reversed(rows)]
 
 
 def read_events(path: Path, first: date, last: date) -> pd.DataFrame:

@@ -41,7 +41,12 @@ def run_day(settings: Settings, day: date, instance: DagsterInstance, defs=None)
     """Run the whole daily loop for one partition; a failed blocking check skips what depends on it."""
     defs = defs or build_definitions(settings)
     job = defs.resolve_job_def(DAILY_LOOP_JOB)
-    result = job.execute_in_process(partition_key=day.isoformat(), instance=instance, raise_on_error=False)
+    result = job.execute_in_process(
+        partition_key=day.isoformat(),
+        instance=instance,
+        raise_on_error=False,
+        run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
+    )
     materialized = tuple(
         sorted(event.asset_key.to_user_string() for event in result.get_asset_materialization_events())
     )

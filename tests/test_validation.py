@@ -196,6 +196,13 @@ def test_volume_uses_last_trailing_days():
     assert outcome(result, "row_volume").observed["ratio_to_trailing_mean"] == 1.0
 
 
+def test_volume_after_empty_trailing_days_fails():
+    result = run(make_increment(), trailing=[0, 0, 0])
+    assert failed_names(result) == {"row_volume"}
+    assert outcome(result, "row_volume").observed == {"row_count": ROWS, "ratio_to_trailing_mean": None}
+    json.dumps(result.to_dict(), allow_nan=False)
+
+
 def test_volume_skipped_with_few_trailing_days():
     result = run(make_increment(), trailing=[10, 12])
     item = outcome(result, "row_volume")
@@ -292,7 +299,7 @@ def test_day_bounds_follow_dst():
 
 def test_result_dict_is_json():
     result = run(zero_quantity(make_increment()))
-    data = json.loads(json.dumps(result.to_dict()))
+    data = json.loads(json.dumps(result.to_dict(), allow_nan=False))
     assert data["success"] is False
     assert data["day"] == "2024-03-10"
     assert data["ge_result"]["success"] is False
@@ -321,7 +328,7 @@ def test_suite_file_names_every_check():
 
 @pytest.mark.real_data
 def test_uci_negative_prices_fail():
-    """UCI Online Retail 2011-08-12 holds two 'Adjust bad debt' rows with negative prices."""
+    """UCI Online Retail 2011-08-12 contains two 'Adjust bad debt' rows with negative prices."""
     path = DATA_DIR / "uci-online-retail" / "derived" / "online_retail.parquet"
     if not path.exists():
         pytest.skip(f"real dataset not found at {path}")

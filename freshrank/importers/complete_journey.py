@@ -2,8 +2,9 @@
 
 One row is one product line of a shopping basket. ``user_id`` is the household,
 ``item_id`` the product and ``session_id`` the basket. ``price`` is the unit price paid,
-``sales_value / quantity``. ``quantity`` is not always an item count (fuel and weighed
-goods have large values), so the computed price can be tiny, but it is kept as delivered.
+``sales_value / quantity``. ``quantity`` is not always an item count: the 84.51 sample
+has quantities up to 32,623 on lines worth under 100 USD. Such rows get a tiny unit price
+and are kept as delivered.
 
 When a products table (``products.parquet`` or ``products.csv``) sits next to the
 transactions file, ``category`` is the product's ``product_category``. A product missing

@@ -26,10 +26,11 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from freshrank.errors import ImportFormatError
-from freshrank.schema import DAY_FORMAT, EVENT_TYPES, INCREMENT_COLUMNS, INCREMENT_SUFFIXES
+from freshrank.schema import EVENT_TYPES, INCREMENT_COLUMNS, INCREMENT_SUFFIXES
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,6 @@ TIME_DTYPE = "datetime64[ns, UTC]"
 """pandas dtype of ``event_time`` in a canonical frame."""
 
 STRING_COLUMNS: tuple[str, ...] = ("user_id", "item_id", "event_type", "category", "session_id")
-FLOAT_COLUMNS: tuple[str, ...] = ("quantity", "price")
 NON_NULL_COLUMNS: tuple[str, ...] = ("event_time", "item_id", "event_type", "quantity")
 
 ARROW_SCHEMA = pa.schema(
@@ -102,13 +102,13 @@ def to_canonical(frame: pd.DataFrame) -> pd.DataFrame:
 
     Raises:
         ValueError: A canonical column is missing, ``event_time`` is naive, a non-null
-            column holds nulls, ``event_type`` holds an unknown value, ``quantity`` is
+            column contains nulls, ``event_type`` contains an unknown value, ``quantity`` is
             zero or ``price`` is negative. Importers clean these cases before calling
             this, so the error means a bug in the caller.
     """
     missing = [name for name in INCREMENT_COLUMNS if name not in frame.columns]
     if missing:
-        raise ValueError(f"canonical frame lacks columns {missing}; expected {list(INCREMENT_COLUMNS)}")
+        raise ValueError(f"canonical frame is missing columns {missing}; expected {list(INCREMENT_COLUMNS)}")
 
     times = frame["event_time"]
     if getattr(times.dtype, "tz", None) is None:
@@ -159,20 +159,21 @@ def first_reasons(rules: Sequence[tuple[str, pd.Series]], rows: int) -> tuple[pd
         Per-row reasons, and the count of every reason (0 when no row met it).
     """
     reasons = pd.Series(None, index=pd.RangeIndex(rows), dtype=object)
-    taken = np.zeros(rows, dtype=bool)
+    already_set_aside = np.zeros(rows, dtype=bool)
     counts: dict[str, int] = {}
     for reason, mask in rules:
-        hit = mask.fillna(False).astype(bool).to_numpy() & ~taken
+        hit = mask.fillna(False).astype(bool).to_numpy() & ~already_set_aside
         reasons[hit] = reason
         counts[reason] = int(hit.sum())
-        taken |= hit
+        already_set_aside |= hit
     return reasons, counts
 
 
 def day_labels(event_time: pd.Series, timezone: str) -> pd.Series:
     """Return the business day (``YYYY-MM-DD``) of each tz-aware timestamp in ``timezone``."""
-    local = event_time.dt.tz_convert(ZoneInfo(timezone))
-    return local.dt.strftime(DAY_FORMAT)
+    wall_clock = event_time.dt.tz_convert(ZoneInfo(timezone)).dt.tz_localize(None)
+    days = wall_clock.to_numpy(dtype="datetime64[ns]").astype("datetime64[D]")
+    return pd.Series(np.datetime_as_string(days, unit="D"), index=event_time.index)
 
 
 def write_day(landing: Path, day: str, frame: pd.DataFrame) -> Path:
@@ -243,14 +244,16 @@ def write_days(
     labels = day_labels(frame["event_time"], timezone)
     all_days = sorted(labels.unique())
     days = all_days if max_days is None else all_days[:max_days]
+    chosen = set(days)
 
-    order = np.argsort(frame["event_time"].to_numpy(), kind="stable")
+    instants = frame["event_time"].dt.tz_convert("UTC").dt.tz_localize(None).to_numpy(dtype="datetime64[ns]")
+    order = np.argsort(instants, kind="stable")
     ordered = frame.iloc[order].reset_index(drop=True)
     ordered_labels = labels.iloc[order].reset_index(drop=True)
 
     rows_written = 0
     for day, rows in ordered.groupby(ordered_labels, sort=True):
-        if day not in days:
+        if day not in chosen:
             continue
         write_day(landing, str(day), rows.reset_index(drop=True))
         rows_written += len(rows)
@@ -304,8 +307,8 @@ _INTEGRAL_TEXT = r"^(-?\d+)\.0+$"
 def read_table(path: Path, required: Sequence[str], layout: str) -> pd.DataFrame:
     """Read a Parquet, CSV or Excel table and check that it has the required columns.
 
-    CSV cells are read as text and Excel cells as Python objects, so that IDs such as
-    ``85123A`` or ``00123`` keep their spelling; callers convert columns with
+    CSV cells are read as text and Excel cells as Python objects, so IDs such as
+    ``85123A`` or ``00123`` keep their spelling. Callers convert the columns with
     ``id_strings``, ``parse_numbers`` and ``parse_timestamps``. Excel files are read from
     their first sheet.
 
@@ -381,13 +384,17 @@ def id_strings(values: pd.Series) -> pd.Series:
     Empty strings become nulls.
     """
     if isinstance(values.dtype, pd.StringDtype):
-        text = values.astype(STRING_DTYPE)
+        text = values
     elif pd.api.types.is_integer_dtype(values.dtype):
         text = values.astype("Int64").astype(STRING_DTYPE)
     else:
         text = values.map(_id_text, na_action="ignore").astype(STRING_DTYPE)
-    text = text.str.strip().str.replace(_INTEGRAL_TEXT, r"\1", regex=True)
-    return text.mask(text == "")
+
+    # pyarrow's regex kernel is vectorized, unlike pandas' replace with a group reference.
+    arrow = pc.utf8_trim_whitespace(pa.array(text, type=pa.string(), from_pandas=True))
+    arrow = pc.replace_substring_regex(arrow, _INTEGRAL_TEXT, r"\1")
+    arrow = pc.if_else(pc.equal(arrow, ""), pa.scalar(None, pa.string()), arrow)
+    return pd.Series(pd.arrays.ArrowStringArray(arrow), index=values.index, name=values.name)
 
 
 def _id_text(value: object) -> str:

@@ -16,9 +16,9 @@ counts under the first rule it meets):
 - ``negative_price``: UnitPrice is below 0.
 - ``missing_event_time``: InvoiceDate is empty.
 
-The UCI file labels its timestamps UTC although they follow UK wall-clock time; the
-calendar dates are the same either way, so the default business timezone is UTC. Naive
-timestamps in CSV or Excel files are read as UTC.
+The UCI file labels its timestamps UTC, but they follow UK wall-clock time. The calendar
+dates are the same either way, so the default business timezone is UTC. Naive timestamps
+in CSV or Excel files are read as UTC.
 """
 
 from __future__ import annotations

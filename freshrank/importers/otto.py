@@ -2,7 +2,7 @@
 
 Each line is ``{"session": N, "events": [{"aid": A, "ts": T, "type": K}, ...]}`` with the
 item id ``aid``, the event time ``ts`` in milliseconds since the Unix epoch (UTC), and the
-type ``clicks``, ``carts`` or ``orders``. The session stands for the user, because OTTO
+type ``clicks``, ``carts`` or ``orders``. The session is the user, because OTTO
 publishes no user ids: ``user_id`` and ``session_id`` are both the session number. OTTO
 carries no prices, categories or quantities, so every event has quantity 1 and null price
 and category. The shop is in Germany, so the default business timezone is Europe/Berlin.
@@ -51,8 +51,8 @@ def read_otto(source: Path, timezone: str) -> SourceRows:
 
     Raises:
         FileNotFoundError: ``source`` does not exist.
-        ImportFormatError: A line is not JSON, lacks a key, or holds an unknown event
-            type or a non-numeric id or timestamp; the error names the line and the value.
+        ImportFormatError: A line is not JSON or lacks a key, or an event has an unknown
+            type or a non-integer id or timestamp. The error names the line and the value.
     """
     source = Path(source)
     if not source.is_file():
@@ -101,7 +101,9 @@ def _sessions(handle: IO[str], source: Path) -> Iterator[tuple[int, dict]]:
         try:
             session = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise ImportFormatError(f"{source}: line {line_number}: invalid JSON ({exc}). Expected the {LAYOUT}.") from exc
+            raise ImportFormatError(
+                f"{source}: line {line_number}: invalid JSON ({exc}). Expected the {LAYOUT}."
+            ) from exc
         if not isinstance(session, dict):
             raise ImportFormatError(f"{source}: line {line_number}: expected a JSON object. Expected the {LAYOUT}.")
         _require_keys(session, SESSION_KEYS, source, line_number, "session")
@@ -129,16 +131,16 @@ def _event_fields(event: object, source: Path, line_number: int) -> tuple[str, i
     return aid, ts, EVENT_TYPE_MAP[kind]
 
 
-def _require_keys(obj: dict, keys: tuple[str, ...], source: Path, line_number: int, what: str) -> None:
+def _require_keys(obj: dict, keys: tuple[str, ...], source: Path, line_number: int, object_name: str) -> None:
     missing = [key for key in keys if key not in obj]
     if missing:
         raise ImportFormatError(
-            f"{source}: line {line_number}: {what} lacks keys {missing}. Expected the {LAYOUT}."
+            f"{source}: line {line_number}: {object_name} is missing keys {missing}. Expected the {LAYOUT}."
         )
 
 
 def _integer_text(value: object, source: Path, line_number: int, key: str) -> str:
-    # bool is a subclass of int in Python, and true/false are no ids.
+    # bool is a subclass of int in Python, but JSON true and false are not ids.
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():

@@ -1,0 +1,237 @@
+"""The `freshrank` command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import date
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from freshrank.config import Settings, load_settings, save_settings
+from freshrank.errors import FreshrankError
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True, help="Keep an e-commerce ranking model fresh, day by day.")
+features_app = typer.Typer(no_args_is_help=True, help="Compute, materialize and look up features.")
+app.add_typer(features_app, name="features")
+console = Console()
+
+HomeOption = typer.Option(None, "--home", envvar="FRESHRANK_HOME", help="freshrank home folder [default: ./freshrank_home].")
+_state = {"verbose": False}
+
+
+@app.callback()
+def _options(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show tracebacks and debug logs.")) -> None:
+    _state["verbose"] = verbose
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _settings(home: Optional[Path]) -> Settings:
+    return load_settings(home)
+
+
+def _day(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a day; write it as YYYY-MM-DD") from None
+
+
+@app.command("import")
+def import_command(
+    fmt: str = typer.Argument(..., metavar="FORMAT", help="online-retail, otto or complete-journey."),
+    path: Path = typer.Argument(..., help="Dataset file (.parquet, .csv, .xlsx or .jsonl, by format)."),
+    landing: Optional[Path] = typer.Option(None, help="Landing folder to write day folders into [default: HOME/landing]."),
+    timezone: Optional[str] = typer.Option(None, help="Business timezone of the days [default: the format's own]."),
+    max_days: Optional[int] = typer.Option(None, help="Write only the first N event days."),
+    home: Optional[Path] = HomeOption,
+) -> None:
+    """Turn a public dataset into daily increments, one folder per event day."""
+    from freshrank.importers import DEFAULT_TIMEZONES, import_dataset
+
+    settings = _settings(home)
+    zone = timezone or DEFAULT_TIMEZONES.get(fmt)
+    report = import_dataset(fmt, path, landing or settings.landing_dir, timezone=zone, max_days=max_days)
+    if landing is None and zone and zone != settings.timezone:
+        save_settings(settings.model_copy(update={"timezone": zone}))
+        console.print(f"business timezone of {settings.home} set to {zone}")
+    console.print(f"wrote {report.rows_written:,} rows in {len(report.days)} day folders; set aside: {report.set_aside}")
+
+
+@app.command()
+def generate(
+    days: int = typer.Option(14, help="Number of days."),
+    users: int = typer.Option(500, help="Number of users."),
+    items: int = typer.Option(300, help="Number of items."),
+    seed: int = typer.Option(7, help="Random seed; the same seed gives the same files."),
+    start: str = typer.Option("2024-01-01", help="First day, YYYY-MM-DD."),
+    events_per_day: Optional[int] = typer.Option(None, help="Mean events per day [default: about 2 per user]."),
+    landing: Optional[Path] = typer.Option(None, help="Landing folder [default: HOME/landing]."),
+    home: Optional[Path] = HomeOption,
+) -> None:
+    """Write a deterministic synthetic shop (view, add-to-cart, purchase funnel) as daily increments."""
+    from freshrank.synthetic import ShopSpec, generate_shop
+
+    settings = _settings(home)
+    spec = ShopSpec(days=days, users=users, items=items, seed=seed, start=_day(start), events_per_day=events_per_day, timezone=settings.timezone)
+    written = generate_shop(landing or settings.landing_dir, spec)
+    console.print(f"wrote {len(written)} days of the synthetic shop, {written[0]} .. {written[-1]}")
+
+
+@app.command()
+def ingest(
+    day: str = typer.Option(..., help="Event day to load, YYYY-MM-DD."),
+    skip_validation: bool = typer.Option(False, help="Publish without the validation suite (not recommended)."),
+    home: Optional[Path] = HomeOption,
+) -> None:
+    """Load one day's increment into the warehouse, replacing that day's partition atomically."""
+    from freshrank.quality import validate_staged
+    from freshrank.staging import load_staged, stage_increment
+    from freshrank.warehouse import publish_increment
+
+    settings = _settings(home)
+    partition = _day(day)
+    stage_increment(settings, partition)
+    if not skip_validation:
+        outcome = validate_staged(settings, partition)
+        if not outcome.result.success:
+            console.print(outcome.result.to_markdown())
+            raise FreshrankError(f"increment {day} failed validation and was quarantined in {outcome.quarantine}")
+    report = publish_increment(settings.warehouse_path, load_staged(settings, partition), settings.timezone)
+    console.print_json(data=report.to_dict())
+
+
+@features_app.command("compute")
+def features_compute(day: str = typer.Option(..., help="Day, YYYY-MM-DD."), home: Optional[Path] = HomeOption) -> None:
+    """Compute the user, item and user x item feature partitions of a day."""
+    from freshrank.features import FEATURE_VIEWS, write_feature_partition
+
+    settings = _settings(home)
+    for view in FEATURE_VIEWS:
+        written = write_feature_partition(settings.warehouse_path, settings.offline_dir, view, _day(day), settings.features, settings.zone)
+        console.print(f"{view}: {written.rows:,} rows -> {written.path}")
+
+
+@features_app.command("materialize")
+def features_materialize(day: str = typer.Option(..., help="Day, YYYY-MM-DD."), home: Optional[Path] = HomeOption) -> None:
+    """Write exactly one day's feature rows into the online store and check a sample."""
+    from freshrank.feature_store import materialize_day, probe_online
+
+    settings = _settings(home)
+    materialize_day(settings, _day(day))
+    probe = probe_online(settings, _day(day))
+    console.print(f"materialized {day}; read back {probe.values} values of {probe.entities} entities, {len(probe.mismatches)} mismatches")
+
+
+@features_app.command("user")
+def features_user(user_id: str, home: Optional[Path] = HomeOption) -> None:
+    """Print a user's online feature values."""
+    from freshrank.feature_store import online_features_for
+
+    console.print_json(data=online_features_for(_settings(home), "user_features", {"user_id": user_id}))
+
+
+@features_app.command("item")
+def features_item(item_id: str, home: Optional[Path] = HomeOption) -> None:
+    """Print an item's online feature values."""
+    from freshrank.feature_store import online_features_for
+
+    console.print_json(data=online_features_for(_settings(home), "item_features", {"item_id": item_id}))
+
+
+@app.command("run")
+def run_command(
+    day: Optional[str] = typer.Option(None, help="Day to run, YYYY-MM-DD [default: every landed day not yet published]."),
+    home: Optional[Path] = HomeOption,
+) -> None:
+    """Run the daily loop in Dagster for one day, or for every landed day not yet published."""
+    from freshrank.demo import pending_days, print_summary
+    from orchestration.replay import replay
+
+    settings = _settings(home)
+    days = [_day(day)] if day else pending_days(settings)
+    runs = replay(settings, days)
+    print_summary(settings, runs, console)
+
+
+@app.command()
+def demo(
+    days: int = typer.Option(14, help="Number of days to replay."),
+    import_: Optional[tuple[str, str]] = typer.Option(
+        None, "--import", metavar="FORMAT PATH", help="Replay a public dataset instead of the synthetic shop."
+    ),
+    home: Optional[Path] = HomeOption,
+) -> None:
+    """Replay N days through the Dagster daily loop and print a per-day summary and one ranking."""
+    from freshrank.demo import run_demo
+
+    source = (import_[0], Path(import_[1])) if import_ else None
+    run_demo(_settings(home), days, source, console)
+
+
+@app.command()
+def status(home: Optional[Path] = HomeOption) -> None:
+    """Print the partitions, the deployed champion and its lineage."""
+    from freshrank.demo import print_status
+
+    print_status(_settings(home), console)
+
+
+@app.command()
+def rollback(
+    version: Optional[str] = typer.Argument(None, help="Version to serve [default: the champion before the current one]."),
+    reason: str = typer.Option("manual rollback", help="Reason recorded in the deployment history."),
+    home: Optional[Path] = HomeOption,
+) -> None:
+    """Move the champion pointer back, atomically."""
+    from models.lifecycle import registry_for
+
+    target = registry_for(_settings(home)).rollback(version, reason=reason)
+    console.print(f"champion is now {target}")
+
+
+@app.command()
+def lineage(version: str, home: Optional[Path] = HomeOption) -> None:
+    """Print a model's chain of parents back to its last full train."""
+    from models.lifecycle import registry_for
+
+    console.print_json(data=registry_for(_settings(home)).lineage(version))
+
+
+@app.command()
+def alerts(home: Optional[Path] = HomeOption) -> None:
+    """List data-quality and drift alerts, oldest first."""
+    from freshrank.alerts import read_alerts
+
+    for alert in read_alerts(_settings(home)):
+        console.print(f"{alert['time']}  {alert['kind']:<12} {alert['day']}  {alert['message']}")
+
+
+@app.command()
+def rank(user_id: str, items: list[str] = typer.Argument(..., help="Candidate item ids."), home: Optional[Path] = HomeOption) -> None:
+    """Rank candidate items for a user with the deployed model and online features."""
+    from models.serving import rank_items
+
+    ranking = rank_items(_settings(home), user_id, items)
+    console.print(json.dumps({"model_version": ranking.model_version, "items": ranking.items}, indent=2))
+
+
+def main() -> None:
+    """Run the CLI; an error prints one line with its hint, and the traceback only with --verbose."""
+    try:
+        app()
+    except FreshrankError as exc:
+        if _state["verbose"]:
+            raise
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.exit(2)
+    except Exception as exc:  # noqa: BLE001 - the CLI's last handler turns a traceback into one line
+        if _state["verbose"]:
+            raise
+        console.print(f"[red]error:[/red] {type(exc).__name__}: {exc} (rerun with --verbose for the traceback)", highlight=False)
+        sys.exit(1)
