@@ -41,6 +41,8 @@ class Increment:
     frame: pd.DataFrame
     files: tuple[Path, ...]
     data_version: str
+    file_rows: tuple[int, ...] = ()
+    """Row count of each file, in the order of ``files`` and of the frame's rows; empty when unknown."""
 
 
 def parse_day(value: str | date) -> date:
@@ -112,7 +114,35 @@ def read_increment(landing: Path, day: date | str, timezone: str) -> Increment:
     zone = ZoneInfo(timezone)
     frames = [read_increment_file(path, zone) for path in files]
     frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-    return Increment(day=day, frame=frame, files=tuple(files), data_version=data_version(files))
+    return Increment(
+        day=day,
+        frame=frame,
+        files=tuple(files),
+        data_version=data_version(files),
+        file_rows=tuple(len(part) for part in frames),
+    )
+
+
+def locate_row(increment: Increment, position: int) -> tuple[str, int]:
+    """Return the file that holds row ``position`` (0-based) of the increment's frame, and its row there.
+
+    Rows are numbered as read errors number them: a CSV row by its line (the header is line 1),
+    a row of another format from 1. Without per-file row counts, all files and the frame's
+    row counted from 1 are returned.
+    """
+    if len(increment.file_rows) != len(increment.files):
+        return ", ".join(str(path) for path in increment.files), position + 1
+    offset = position
+    for path, rows in zip(increment.files, increment.file_rows):
+        if offset < rows:
+            return str(path), offset + _first_line(path)
+        offset -= rows
+    raise IndexError(f"row {position} is beyond the {sum(increment.file_rows)} rows of the increment of {increment.day}")
+
+
+def _first_line(path: Path) -> int:
+    # Data rows of a CSV file start on line 2, after the header.
+    return 2 if path.suffix.lower() == ".csv" else 1
 
 
 def read_increment_file(path: Path, zone: ZoneInfo) -> pd.DataFrame:
@@ -125,8 +155,7 @@ def read_increment_file(path: Path, zone: ZoneInfo) -> pd.DataFrame:
             f"missing required column(s) {', '.join(missing)}; found {', '.join(map(str, raw.columns)) or 'none'}",
             f"Every increment needs {', '.join(REQUIRED_COLUMNS)}; rename the columns or use `freshrank import`.",
         )
-    # Data rows of a CSV file start on line 2, after the header.
-    first_line = 2 if path.suffix.lower() == ".csv" else 1
+    first_line = _first_line(path)
     typed = pd.DataFrame(
         {
             "event_time": _to_utc_timestamps(raw["event_time"], path, zone, first_line),
@@ -150,7 +179,9 @@ def _read_raw(path: Path) -> pd.DataFrame:
     suffix = path.suffix.lower()
     try:
         if suffix == ".parquet":
-            return pq.read_table(path).to_pandas()
+            # Without the pandas metadata, a stored index comes back as a column and the frame
+            # gets a 0-based RangeIndex, which the typed columns and the row numbers rely on.
+            return pq.read_table(path).to_pandas(ignore_metadata=True)
         if suffix == ".csv":
             return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
         return pd.read_json(path, lines=True, dtype=False, convert_dates=False)
@@ -158,7 +189,8 @@ def _read_raw(path: Path) -> pd.DataFrame:
         raise IncrementError(
             path,
             f"cannot read the file as {suffix.lstrip('.')}: {exc}",
-            "Check that the file is complete and in the format its suffix names.",
+            "Check that the file is complete and in the format its suffix names"
+            + (" (a .json file is read as JSON Lines: one object per line, not an array)." if suffix == ".json" else "."),
         ) from exc
 
 
@@ -197,10 +229,11 @@ def _localize(local: pd.Series, original: pd.Series, path: Path, zone: ZoneInfo,
     localized = local.dt.tz_localize(zone, ambiguous="NaT", nonexistent="NaT")
     invalid = localized.isna() & local.notna()
     if invalid.any():
-        row = _first_bad(invalid)
+        # ``local`` may hold only the naive rows; its index labels are the rows' positions in the file.
+        row = int(invalid.index[_first_bad(invalid)])
         raise IncrementError(
             path,
-            f"row {row + first_line}: event_time {original.iloc[row]!r} does not exist or is ambiguous in {zone.key}",
+            f"row {row + first_line}: event_time {original.loc[row]!r} does not exist or is ambiguous in {zone.key}",
             "Give the timestamp with its UTC offset.",
         )
     return localized.dt.tz_convert("UTC")

@@ -1,0 +1,5 @@
+"""Allow `python -m freshrank`."""
+
+from freshrank.cli import main
+
+main()
