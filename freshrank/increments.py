@@ -1,7 +1,8 @@
 """Reading one day's increment from the landing folder into the canonical, typed schema.
 
 A day's increment is every ``.csv``, ``.parquet``, ``.jsonl`` or ``.json`` file in
-``<landing>/<YYYY-MM-DD>/``. Its data version is a hash of the files' bytes, independent
+``<landing>/<YYYY-MM-DD>/``; a ``.json`` file holds one array of objects or JSON Lines,
+like a ``.jsonl`` file. Its data version is a hash of the files' bytes, independent
 of file names and modification times, so a re-delivered identical file keeps the version.
 """
 
@@ -184,14 +185,21 @@ def _read_raw(path: Path) -> pd.DataFrame:
             return pq.read_table(path).to_pandas(ignore_metadata=True)
         if suffix == ".csv":
             return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+        if suffix == ".json" and _starts_with_array(path):
+            return pd.read_json(path, orient="records", dtype=False, convert_dates=False)
         return pd.read_json(path, lines=True, dtype=False, convert_dates=False)
     except (OSError, ValueError, pa.ArrowException, pd.errors.ParserError) as exc:
         raise IncrementError(
             path,
             f"cannot read the file as {suffix.lstrip('.')}: {exc}",
-            "Check that the file is complete and in the format its suffix names"
-            + (" (a .json file is read as JSON Lines: one object per line, not an array)." if suffix == ".json" else "."),
+            "Check that the file is complete and in the format its suffix names "
+            "(.json: one array of objects, or JSON Lines).",
         ) from exc
+
+
+def _starts_with_array(path: Path) -> bool:
+    with path.open("rb") as handle:
+        return handle.read(4096).lstrip().startswith(b"[")
 
 
 def _first_bad(mask: pd.Series) -> int:

@@ -58,7 +58,15 @@ def stage_increment(settings: Settings, day: date) -> StagedIncrement:
     increment.frame.to_parquet(temporary, index=False)
     os.replace(temporary, data_path)
     files = tuple(str(path) for path in increment.files)
-    write_json_atomic(meta_path, {"day": day.isoformat(), "files": files, "data_version": increment.data_version})
+    write_json_atomic(
+        meta_path,
+        {
+            "day": day.isoformat(),
+            "files": files,
+            "file_rows": list(increment.file_rows),
+            "data_version": increment.data_version,
+        },
+    )
     return StagedIncrement(day, data_path, len(increment.frame), files, increment.data_version)
 
 
@@ -69,7 +77,13 @@ def load_staged(settings: Settings, day: date) -> Increment:
         raise FreshrankError(f"no staged increment for {day} under {settings.staging_dir}; stage the day first")
     meta = json.loads(meta_path.read_text())
     frame = pd.read_parquet(data_path)
-    return Increment(day=day, frame=frame, files=tuple(Path(p) for p in meta["files"]), data_version=meta["data_version"])
+    return Increment(
+        day=day,
+        frame=frame,
+        files=tuple(Path(p) for p in meta["files"]),
+        data_version=meta["data_version"],
+        file_rows=tuple(meta.get("file_rows", ())),
+    )
 
 
 def quarantine_increment(settings: Settings, day: date, files: tuple[str, ...], report: dict, summary: str) -> Path:

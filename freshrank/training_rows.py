@@ -83,17 +83,16 @@ def sample_negatives(positives: pd.DataFrame, popularity: pd.DataFrame, per_posi
     rng = np.random.default_rng(seed)
     items = popularity["item_id"].to_numpy()
     weights = popularity["purchases"].to_numpy(dtype="float64")
-    weights = weights / weights.sum()
     records = []
     for user_id, bought in positives.groupby("user_id", sort=True)["item_id"]:
-        wanted = per_positive * len(bought)
-        bought_set = set(bought)
-        available = len(items) - len(bought_set & set(items))
-        count = min(wanted, available)
+        # Weighted draws without replacement among the items the user did not buy, so a
+        # user gets per_positive negatives per purchase whenever enough items are left.
+        candidate = ~np.isin(items, bought.to_numpy()) & (weights > 0)
+        count = min(per_positive * len(bought), int(candidate.sum()))
         if count <= 0:
             continue
-        draws = rng.choice(items, size=min(len(items), count * 3 + 10), replace=True, p=weights)
-        chosen = list(dict.fromkeys(item for item in draws if item not in bought_set))[:count]
+        candidate_weights = weights[candidate]
+        chosen = rng.choice(items[candidate], size=count, replace=False, p=candidate_weights / candidate_weights.sum())
         records.extend((user_id, item, 0) for item in chosen)
     return pd.DataFrame(records, columns=["user_id", "item_id", "label"])
 

@@ -20,7 +20,7 @@ import duckdb
 import pandas as pd
 
 from freshrank.errors import IncrementError
-from freshrank.increments import Increment, day_bounds
+from freshrank.increments import Increment, day_bounds, locate_row
 from freshrank.schema import EVENT_TYPES
 
 logger = logging.getLogger(__name__)
@@ -90,11 +90,13 @@ def publish_increment(path: Path, increment: Increment, timezone_name: str) -> P
 
     Cleaning rules, each counted: exact duplicate rows are dropped; rows with a negative
     quantity (returns and cancellations) go to ``returns`` instead of ``events``; rows
-    without a user id stay in ``events`` (they count for item features only).
+    without a user id stay in ``events`` (they count for item features only). A quantity
+    of 0 or none fits neither table, so it raises ``IncrementError`` like any other bad row.
     """
     frame = increment.frame
     _check_inside_day(increment, ZoneInfo(timezone_name))
     _check_event_types(increment)
+    _check_quantities(increment)
     day = increment.day
     with connect(path) as con:
         con.register("increment_rows", frame)
@@ -158,10 +160,11 @@ def _check_inside_day(increment: Increment, zone: ZoneInfo) -> None:
     outside = (times < pd.Timestamp(start)) | (times >= pd.Timestamp(end))
     if outside.any():
         row = int(outside.to_numpy().nonzero()[0][0])
+        path, line = locate_row(increment, row)
         raise IncrementError(
-            ", ".join(str(path) for path in increment.files),
+            path,
             f"{int(outside.sum())} event(s) fall outside {increment.day} in {zone.key}, "
-            f"the first at row {row + 1} with event_time {times.iloc[row]}",
+            f"the first at row {line} with event_time {times.iloc[row]}",
             "Move those events to the folder of their own day, or set the business timezone "
             "(`timezone` in freshrank.yaml) to the zone the shop's days are counted in.",
         )
@@ -171,10 +174,26 @@ def _check_event_types(increment: Increment) -> None:
     unknown = ~increment.frame["event_type"].isin(EVENT_TYPES)
     if unknown.any():
         row = int(unknown.to_numpy().nonzero()[0][0])
+        path, line = locate_row(increment, row)
         raise IncrementError(
-            ", ".join(str(path) for path in increment.files),
-            f"row {row + 1}: event_type {increment.frame['event_type'].iloc[row]!r} is not one of {', '.join(EVENT_TYPES)}",
+            path,
+            f"row {line}: event_type {increment.frame['event_type'].iloc[row]!r} is not one of {', '.join(EVENT_TYPES)}",
             "Map the shop's event names to the canonical ones (an importer does this for known formats).",
+        )
+
+
+def _check_quantities(increment: Increment) -> None:
+    quantity = increment.frame["quantity"]
+    invalid = quantity.isna() | (quantity == 0)
+    if invalid.any():
+        row = int(invalid.to_numpy().nonzero()[0][0])
+        path, line = locate_row(increment, row)
+        value = quantity.iloc[row]
+        shown = "missing" if pd.isna(value) else f"{float(value):g}"
+        raise IncrementError(
+            path,
+            f"row {line}: quantity is {shown}; it must be positive, or negative for a return",
+            "Drop the row at the source or give its quantity; an empty quantity in the file means 1.",
         )
 
 

@@ -25,6 +25,7 @@ class DayRun:
     success: bool
     check_passed: bool | None
     materialized: tuple[str, ...]
+    step_seconds: dict[str, float]
 
 
 def dagster_instance(settings: Settings) -> DagsterInstance:
@@ -54,11 +55,16 @@ def run_day(settings: Settings, day: date, instance: DagsterInstance, defs=None)
     for evaluation in result.get_asset_check_evaluations():
         if evaluation.asset_check_key == AssetCheckKey.from_user_string("increment:check_increment_valid"):
             check_passed = evaluation.passed
+    step_seconds = {
+        event.step_key: event.event_specific_data.duration_ms / 1000.0
+        for event in result.all_events
+        if event.is_step_success
+    }
     if not result.success:
         for event in result.all_events:
             if event.is_step_failure:
                 logger.error("day %s step %s failed: %s", day, event.step_key, event.event_specific_data.error)
-    return DayRun(day.isoformat(), result.run_id, result.success, check_passed, materialized)
+    return DayRun(day.isoformat(), result.run_id, result.success, check_passed, materialized, step_seconds)
 
 
 def replay(
