@@ -221,6 +221,18 @@ def rank(user_id: str, items: list[str] = typer.Argument(..., help="Candidate it
     console.print(json.dumps({"model_version": ranking.model_version, "items": ranking.items}, indent=2))
 
 
+def _register_command_modules() -> None:
+    import importlib
+
+    from freshrank.commands import COMMAND_MODULES
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(name)
+
+
+_register_command_modules()
+
+
 def main() -> None:
     """Run the CLI; an error prints one line with its hint, and the traceback only with --verbose."""
     try:

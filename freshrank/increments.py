@@ -1,7 +1,7 @@
 """Reading one day's increment from the landing folder into the canonical, typed schema.
 
 A day's increment is every ``.csv``, ``.parquet``, ``.jsonl`` or ``.json`` file in
-``<landing>/<YYYY-MM-DD>/``; a ``.json`` file holds one array of objects or JSON Lines,
+``<landing>/<YYYY-MM-DD>/``; a ``.json`` file contains one array of objects or JSON Lines,
 like a ``.jsonl`` file. Its data version is a hash of the files' bytes, independent
 of file names and modification times, so a re-delivered identical file keeps the version.
 """
@@ -125,7 +125,7 @@ def read_increment(landing: Path, day: date | str, timezone: str) -> Increment:
 
 
 def locate_row(increment: Increment, position: int) -> tuple[str, int]:
-    """Return the file that holds row ``position`` (0-based) of the increment's frame, and its row there.
+    """Return the file that contains row ``position`` (0-based) of the increment's frame, and its row there.
 
     Rows are numbered as read errors number them: a CSV row by its line (the header is line 1),
     a row of another format from 1. Without per-file row counts, all files and the frame's
@@ -237,7 +237,7 @@ def _localize(local: pd.Series, original: pd.Series, path: Path, zone: ZoneInfo,
     localized = local.dt.tz_localize(zone, ambiguous="NaT", nonexistent="NaT")
     invalid = localized.isna() & local.notna()
     if invalid.any():
-        # ``local`` may hold only the naive rows; its index labels are the rows' positions in the file.
+        # ``local`` may contain only the naive rows; its index labels are the rows' positions in the file.
         row = int(invalid.index[_first_bad(invalid)])
         raise IncrementError(
             path,

@@ -189,10 +189,10 @@ def _check_quantities(increment: Increment) -> None:
         row = int(invalid.to_numpy().nonzero()[0][0])
         path, line = locate_row(increment, row)
         value = quantity.iloc[row]
-        shown = "missing" if pd.isna(value) else f"{float(value):g}"
+        quantity_text = "missing" if pd.isna(value) else f"{float(value):g}"
         raise IncrementError(
             path,
-            f"row {line}: quantity is {shown}; it must be positive, or negative for a return",
+            f"row {line}: quantity is {quantity_text}; it must be positive, or negative for a return",
             "Drop the row at the source or give its quantity; an empty quantity in the file means 1.",
         )
 

@@ -17,7 +17,7 @@ from freshrank.warehouse import PublishReport, publish_increment
 # Items of the tiny shop: category and unit price.
 CORE_ITEMS: dict[str, tuple[str, float]] = {"i1": ("A", 10.0), "i2": ("B", 5.0), "i3": ("A", 20.0), "i4": ("C", 7.0)}
 CORE_FEATURE_DAYS: tuple[date, ...] = tuple(date.fromisoformat(day) for day in ("2024-02-10", "2024-03-01", "2024-03-05", "2024-03-09", "2024-03-10"))
-"""Days whose features the tiny home holds: the four event days, and 9 March, when u3 and i4 expire."""
+"""Days whose features the tiny home contains: the four event days, and 9 March, when u3 and i4 expire."""
 
 
 def core_event(when: str, user: str | None, item: str, event_type: str, quantity: float = 1.0) -> dict:
@@ -147,5 +147,5 @@ def core_land() -> Callable[..., Path]:
 
 @pytest.fixture(scope="session")
 def core_feature_days() -> tuple[date, ...]:
-    """``CORE_FEATURE_DAYS``: the days whose features ``core_tiny_home`` holds."""
+    """``CORE_FEATURE_DAYS``: the days whose features ``core_tiny_home`` contains."""
     return CORE_FEATURE_DAYS

@@ -23,7 +23,7 @@ from freshrank.features import (
 
 DAY = date(2024, 3, 10)
 EXPIRY_DAY = date(2024, 3, 9)
-"""First day whose 28-day window (11 Feb .. 9 Mar) no longer holds u3's and i4's only event."""
+"""First day whose 28-day window (11 Feb .. 9 Mar) no longer contains u3's and i4's only event."""
 SECONDS_PER_DAY = 86400.0
 
 
@@ -99,7 +99,7 @@ USER_ITEM_EXPECTED: dict[tuple[str, str], dict[str, float | None]] = {
         "ui_views_90d": 2, "ui_carts_90d": 0, "ui_purchases_90d": 1, "ui_purchase_days_90d": 1,
         "ui_days_since_last_event": days(17 * 3600 + 59 * 60 + 59),
         "ui_days_since_last_purchase": days(9 * 86400 + 13 * 3600 + 29 * 60 + 59),
-        # Category A holds i1 and i3: u1 viewed them 3 times and bought them twice, of 2 purchases.
+        # Category A contains i1 and i3: u1 viewed them 3 times and bought them twice, of 2 purchases.
         "uc_views_90d": 3, "uc_purchases_90d": 2, "uc_purchase_share_90d": 1.0,
     },
     ("u1", "i3"): {
@@ -120,7 +120,7 @@ USER_ITEM_EXPECTED: dict[tuple[str, str], dict[str, float | None]] = {
         # u2 bought one item, none of category B.
         "uc_purchase_share_90d": 0.0,
     },
-    # 90 days still hold u3's view of 10 February.
+    # The 90-day window still contains u3's view of 10 February.
     ("u3", "i4"): {"ui_views_90d": 1, "uc_views_90d": 1, "uc_purchase_share_90d": None},
 }
 
@@ -286,6 +286,7 @@ def test_failed_write_keeps_old_file(core_tiny_home: Settings) -> None:
             settings.warehouse_path, settings.offline_dir, "user_features", DAY, settings.features, settings.zone
         )
     assert target.read_bytes() == before
+    assert [path.name for path in target.parent.glob(".*")] == []
 
 
 def test_no_temporary_files_left(core_tiny_home: Settings) -> None:

@@ -34,7 +34,7 @@ def tree(folder: Path) -> dict[str, bytes]:
 
 @pytest.fixture
 def delivered(core_settings: Settings) -> Settings:
-    """A home whose landing folder holds DAY as two CSV files, one with a row without user."""
+    """A home whose landing folder contains DAY as two CSV files, one with a row without user."""
     deliver(core_settings, "a.csv", CSV_HEADER + "2024-03-05T10:00:00Z,u1,i1,view,1,9.5,toys,s1\n2024-03-05T10:05:00Z,,i2,view,,,,\n")
     deliver(core_settings, "b.csv", CSV_HEADER + "2024-03-05T11:00:00Z,u2,i1,purchase,2,9.5,toys,s2\n")
     return core_settings

@@ -44,7 +44,7 @@ def purchase_home(tmp_path_factory, core_home_builder, core_event_row) -> Settin
     """A purchase-only shop of two days with 2 negatives per purchase; read-only.
 
     On 1 April i1 is bought twice, i2 and i3 once each; on 2 April u1 buys i2 and u2 buys
-    i1 and i4, which nobody bought before.
+    i1 and i4, which no user bought before.
     """
     home = tmp_path_factory.mktemp("purchases") / "home"
     home.mkdir()

@@ -1,0 +1,6 @@
+"""CLI command groups that live outside freshrank/cli.py; each module registers on ``freshrank.cli.app``.
+
+A module listed in ``COMMAND_MODULES`` is imported by ``freshrank.cli`` after the app exists.
+"""
+
+COMMAND_MODULES: tuple[str, ...] = ()

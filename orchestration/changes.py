@@ -1,0 +1,161 @@
+"""Which partitions to recompute: landed content versions against what Dagster recorded.
+
+Each landed day has a data version, a hash of its files' bytes. The ``increment`` asset
+records the version it staged as the partition's Dagster data version, so a day needs
+work exactly when its landed version differs from the recorded one. The work then
+follows the partition mappings of the asset graph:
+
+* a changed day ``k`` re-runs ``increment``, ``events``, the three feature views and
+  ``online_features`` for ``k``;
+* the feature partitions whose trailing window contains ``k`` (``k .. k + W - 1``) and
+  ``online_features`` re-run for those that were computed before;
+* ``training_rows`` re-run for ``k .. k + W`` where computed before, because day ``d``'s
+  rows use the features of ``d - 1``;
+* the model chain (evaluation, challenger, drift, deployment) runs only for days newer
+  than the newest day the model has seen. A late or corrected older day does not rewind
+  the champion; its corrected rows reach the model through later rounds and rebases.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+
+from dagster import AssetKey, DagsterInstance
+
+from freshrank.config import Settings
+from freshrank.features import FEATURE_VIEWS
+from freshrank.increments import increment_files, landed_days
+
+DATA_ASSETS: tuple[str, ...] = ("increment", "events", *FEATURE_VIEWS, "online_features")
+DOWNSTREAM_FEATURE_ASSETS: tuple[str, ...] = (*FEATURE_VIEWS, "online_features")
+MODEL_ASSETS: tuple[str, ...] = ("prequential_evaluation", "challenger_model", "prediction_drift", "deployment")
+ALL_ASSETS: tuple[str, ...] = (*DATA_ASSETS, "training_rows", *MODEL_ASSETS)
+_DIGEST_CACHE = ".landing_digests.json"
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of the daily-loop job: a partition and the assets to materialize in it."""
+
+    partition: str
+    assets: tuple[str, ...]
+    reason: str
+
+    @property
+    def asset_keys(self) -> list[AssetKey]:
+        return [AssetKey(name) for name in self.assets]
+
+
+class DigestCache:
+    """File digests keyed by path, size and modification time, so unchanged files are not re-read.
+
+    A touched file gets a new modification time, is hashed again, and keeps its data
+    version when its bytes are the same.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.path = settings.home / _DIGEST_CACHE
+        self.entries: dict[str, list] = {}
+        if self.path.exists():
+            try:
+                self.entries = json.loads(self.path.read_text())
+            except json.JSONDecodeError:
+                self.entries = {}
+        self.dirty = False
+
+    def digest(self, file: Path) -> str:
+        stat = file.stat()
+        key = str(file)
+        cached = self.entries.get(key)
+        if cached and cached[0] == stat.st_size and cached[1] == stat.st_mtime_ns:
+            return cached[2]
+        digest = hashlib.sha256()
+        with file.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        value = digest.hexdigest()
+        self.entries[key] = [stat.st_size, stat.st_mtime_ns, value]
+        self.dirty = True
+        return value
+
+    def save(self) -> None:
+        if not self.dirty:
+            return
+        temporary = self.path.with_name(f".{self.path.name}.tmp")
+        temporary.write_text(json.dumps(self.entries))
+        os.replace(temporary, self.path)
+        self.dirty = False
+
+
+def landed_versions(settings: Settings, cache: DigestCache | None = None) -> dict[date, str]:
+    """Return the data version of every landed day, computed as ``increments.data_version`` does."""
+    cache = cache or DigestCache(settings)
+    versions = {}
+    for day in landed_days(settings.landing_dir):
+        digests = sorted(cache.digest(path) for path in increment_files(settings.landing_dir, day))
+        versions[day] = hashlib.sha256("\n".join(digests).encode()).hexdigest()[:24]
+    cache.save()
+    return versions
+
+
+def recorded_version(instance: DagsterInstance, asset: str, day: date) -> str | None:
+    """Return the data version Dagster recorded for an asset's partition, if it was materialized."""
+    record = instance.get_latest_data_version_record(AssetKey(asset), is_source=False, partition_key=day.isoformat())
+    if record is None or record.asset_materialization is None:
+        return None
+    return record.asset_materialization.tags.get("dagster/data_version")
+
+
+def materialized_days(instance: DagsterInstance, asset: str) -> set[date]:
+    """Return the partitions of an asset that have been materialized at least once."""
+    return {date.fromisoformat(key) for key in instance.get_materialized_partitions(AssetKey(asset))}
+
+
+def changed_days(settings: Settings, instance: DagsterInstance) -> dict[date, str]:
+    """Return the landed days whose content differs from what ``increment`` recorded, with their versions."""
+    return {
+        day: version
+        for day, version in landed_versions(settings).items()
+        if recorded_version(instance, "increment", day) != version
+    }
+
+
+def plan_runs(settings: Settings, instance: DagsterInstance) -> list[PlannedRun]:
+    """Plan the runs that bring every partition up to date with the landing folder, oldest first."""
+    changed = changed_days(settings, instance)
+    if not changed:
+        return []
+    window = settings.features.max_window_days
+    computed_features = materialized_days(instance, "online_features")
+    computed_rows = materialized_days(instance, "training_rows")
+    modelled = materialized_days(instance, "challenger_model")
+    newest_modelled = max(modelled) if modelled else None
+    assets: dict[date, set[str]] = {}
+    reasons: dict[date, list[str]] = {}
+
+    def add(day: date, names: tuple[str, ...], reason: str) -> None:
+        assets.setdefault(day, set()).update(names)
+        reasons.setdefault(day, []).append(reason)
+
+    for day in sorted(changed):
+        kind = "new" if recorded_version(instance, "increment", day) is None else "changed"
+        add(day, DATA_ASSETS + ("training_rows",), f"{kind} increment {changed[day]}")
+        if newest_modelled is None or day > newest_modelled:
+            add(day, MODEL_ASSETS, "newest day: continue the model chain")
+        for offset in range(1, window):
+            later = day + timedelta(days=offset)
+            if later in computed_features and later not in changed:
+                add(later, DOWNSTREAM_FEATURE_ASSETS, f"window contains {day}")
+        for offset in range(1, window + 1):
+            later = day + timedelta(days=offset)
+            if later in computed_rows and later not in changed:
+                add(later, ("training_rows",), f"features of the day before changed ({day})")
+    return [
+        PlannedRun(day.isoformat(), tuple(name for name in ALL_ASSETS if name in assets[day]), "; ".join(reasons[day]))
+        for day in sorted(assets)
+    ]
