@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import warnings
 from datetime import date
 from pathlib import Path
 from typing import Optional
@@ -19,7 +20,7 @@ from freshrank.errors import FreshrankError
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True, help="Keep an e-commerce ranking model fresh, day by day.")
 features_app = typer.Typer(no_args_is_help=True, help="Compute, materialize and look up features.")
 app.add_typer(features_app, name="features")
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 120)
 
 HomeOption = typer.Option(None, "--home", envvar="FRESHRANK_HOME", help="freshrank home folder [default: ./freshrank_home].")
 _state = {"verbose": False}
@@ -28,7 +29,12 @@ _state = {"verbose": False}
 @app.callback()
 def _options(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show tracebacks and debug logs.")) -> None:
     _state["verbose"] = verbose
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        # Deprecation notices of Feast, ibis and pandas say nothing to a freshrank user.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", UserWarning)
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
 
 
 def _settings(home: Optional[Path]) -> Settings:
@@ -146,17 +152,22 @@ def features_item(item_id: str, home: Optional[Path] = HomeOption) -> None:
 
 @app.command("run")
 def run_command(
-    day: Optional[str] = typer.Option(None, help="Day to run, YYYY-MM-DD [default: every landed day not yet published]."),
+    day: Optional[str] = typer.Option(None, help="Run the whole loop for this day, YYYY-MM-DD, changed or not."),
     home: Optional[Path] = HomeOption,
 ) -> None:
-    """Run the daily loop in Dagster for one day, or for every landed day not yet published."""
-    from freshrank.demo import pending_days, print_summary
-    from orchestration.replay import replay
+    """Run the daily loop in Dagster for new and changed landed days and what depends on them."""
+    from freshrank.demo import print_summary
+    from orchestration.replay import replay, run_changes
 
     settings = _settings(home)
-    days = [_day(day)] if day else pending_days(settings)
-    runs = replay(settings, days)
-    print_summary(settings, runs, console)
+    runs = replay(settings, [_day(day)]) if day else run_changes(settings)
+    if not runs:
+        console.print("every landed day is up to date; nothing to run")
+        return
+    for run in runs:
+        state = "ok" if run.success else ("blocked by validation" if run.check_passed is False else "FAILED")
+        console.print(f"{run.day}: {state}; materialized {', '.join(run.materialized) or 'nothing'}")
+    print_summary(settings, sorted({run.day for run in runs}), console, runs)
 
 
 @app.command()

@@ -121,6 +121,17 @@ class OnlineStoreConfig(_Strict):
         return value
 
 
+class OrchestrationConfig(_Strict):
+    """When Dagster looks for new or changed increments."""
+
+    sensor_interval_seconds: int = 30
+    """Minimum seconds between two evaluations of the landing-folder sensor."""
+    schedule_cron: str = "0 6 * * *"
+    """Cron expression, in the business timezone, of the daily run that works without the sensor."""
+    max_concurrent_runs: int = 1
+    """Runs the Dagster instance under the home executes at once; 1 keeps partitions in date order."""
+
+
 class Settings(_Strict):
     """All freshrank settings; ``home`` is the one folder freshrank writes to."""
 
@@ -136,6 +147,7 @@ class Settings(_Strict):
     gate: GateConfig = GateConfig()
     drift: DriftConfig = DriftConfig()
     online_store: OnlineStoreConfig = OnlineStoreConfig()
+    orchestration: OrchestrationConfig = OrchestrationConfig()
 
     @field_validator("timezone")
     @classmethod

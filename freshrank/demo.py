@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import date
 from pathlib import Path
@@ -47,7 +48,7 @@ def prepare_landing(settings: Settings, days: int, source: tuple[str, Path] | No
 def run_demo(settings: Settings, days: int, source: tuple[str, Path] | None, console: Console) -> None:
     """Replay ``days`` landed days through the Dagster daily loop, then print the summary and a ranking."""
     from freshrank.config import load_settings
-    from orchestration.replay import replay
+    from orchestration.replay import run_changes
 
     if days < 1:
         raise FreshrankError(f"--days must be at least 1, not {days}")
@@ -63,28 +64,15 @@ def run_demo(settings: Settings, days: int, source: tuple[str, Path] | None, con
             state = "ok" if run.success else ("blocked" if run.check_passed is False else "failed")
             progress.update(task, advance=1, description=f"{run.day} {state}")
 
-        runs = replay(settings, replay_days, advance)
-    print_summary(settings, runs, console)
+        runs = run_changes(settings, advance)
+        progress.update(task, completed=len(replay_days))
+    if not runs:
+        console.print("every landed day is already up to date; nothing was recomputed")
+    print_summary(settings, [day.isoformat() for day in replay_days], console, runs)
     print_example_ranking(settings, console)
     console.print(
         f"\nDagster UI: DAGSTER_HOME={settings.dagster_home} FRESHRANK_HOME={settings.home} dagster dev"
     )
-
-
-def pending_days(settings: Settings) -> list[date]:
-    """Return landed days whose data version differs from the published one, oldest first."""
-    from freshrank.increments import data_version, increment_files
-
-    published = {}
-    if settings.warehouse_path.exists():
-        table = partition_rows(settings.warehouse_path)
-        published = {row.event_day.date() if hasattr(row.event_day, "date") else row.event_day: row.data_version
-                     for row in table.itertuples()}
-    pending = []
-    for day in landed_days(settings.landing_dir):
-        if published.get(day) != data_version(increment_files(settings.landing_dir, day)):
-            pending.append(day)
-    return pending
 
 
 def _fmt(value: object, digits: int = 3) -> str:
@@ -100,27 +88,35 @@ def _short(version: str | None) -> str:
     return version.split("-", 1)[0] if version else "-"
 
 
-def print_summary(settings: Settings, runs, console: Console) -> None:
-    """Print one row per replayed day: rows, check, prequential metrics, drift and the champion."""
+def _check_state(settings: Settings, day: date) -> bool | None:
+    path = settings.reports_dir / "validation" / day.isoformat() / "validation.json"
+    if not path.exists():
+        return None
+    return bool(json.loads(path.read_text()).get("success"))
+
+
+def print_summary(settings: Settings, days: list[str], console: Console, runs=()) -> None:
+    """Print one row per day: rows, check, prequential metrics, drift and the champion."""
     table = Table(title="freshrank daily loop")
     for column in ("day", "events", "check", "rows", "AUC", "NDCG@10", "drift", "challenger", "champion"):
         table.add_column(column, justify="right" if column not in ("day", "check", "challenger", "champion") else "left", no_wrap=True)
-    for run in runs:
-        day = date.fromisoformat(run.day)
+    for name in days:
+        day = date.fromisoformat(name)
         events = read_record(settings, "events", day) or {}
         rows = read_record(settings, "training_rows", day) or {}
         evaluation = (read_record(settings, "prequential_evaluation", day) or {}).get("champion_metrics") or {}
         drift = read_record(settings, "prediction_drift", day) or {}
         deployment = read_record(settings, "deployment", day) or {}
-        check = {True: "passed", False: "FAILED", None: "-"}[run.check_passed]
-        if run.check_passed is False:
-            table.add_row(run.day, "-", check, "-", "-", "-", "-", "-", "blocked")
+        passed = _check_state(settings, day)
+        check = {True: "passed", False: "FAILED", None: "-"}[passed]
+        if passed is False:
+            table.add_row(name, "-", check, "-", "-", "-", "-", "-", "blocked")
             continue
         deployed = _short(deployment.get("champion"))
         if deployment and not deployment.get("deploy"):
             deployed += " kept"
         table.add_row(
-            run.day,
+            name,
             _fmt(events.get("rows_published")),
             check,
             _fmt(rows.get("rows")),
@@ -134,7 +130,7 @@ def print_summary(settings: Settings, runs, console: Console) -> None:
     console.print("AUC and NDCG@10: the champion on the day's rows before training on them. kept: the gate refused the challenger.")
     failed = [run for run in runs if not run.success and run.check_passed is not False]
     if failed:
-        console.print(f"[red]{len(failed)} day(s) failed: {', '.join(r.day for r in failed)}; see the Dagster run logs[/red]")
+        console.print(f"[red]{len(failed)} run(s) failed: {', '.join(r.day for r in failed)}; see the Dagster run logs[/red]")
 
 
 def print_example_ranking(settings: Settings, console: Console, top: int = 10) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -25,7 +25,9 @@ _APPLIED: dict[tuple, FeatureStore] = {}
 def repo_config(settings: Settings) -> RepoConfig:
     """Build the Feast configuration of a home: DuckDB offline store, SQLite or Redis online store."""
     if settings.online_store.type == "redis":
-        online = {"type": "redis", "connection_string": settings.online_store.connection_string}
+        # skip_dedup: overwrite like SQLite. By default Feast's Redis store skips a row whose
+        # event timestamp is not newer than the stored one, so a corrected day would never land.
+        online = {"type": "redis", "connection_string": settings.online_store.connection_string, "skip_dedup": True}
     else:
         online = {"type": "sqlite", "path": str(settings.feast_dir / "online.db")}
     return RepoConfig(
@@ -64,26 +66,40 @@ def model_feature_names(settings: Settings) -> list[str]:
     return [ref.split(":", 1)[1] for ref in feature_refs(settings)]
 
 
+def newest_feature_day(settings: Settings) -> date | None:
+    """Return the newest day that has a partition of every feature view."""
+    days = None
+    for view in FEATURE_VIEWS:
+        found = {path.stem for path in (settings.offline_dir / view).glob("*.parquet")}
+        days = found if days is None else days & found
+    return date.fromisoformat(max(days)) if days else None
+
+
 def materialize_day(settings: Settings, day: date, store: FeatureStore | None = None) -> tuple[datetime, datetime]:
-    """Write exactly the day's feature rows into the online store.
+    """Bring the online store up to date from ``day`` on, and return the window written.
 
     ``materialize(start, end)`` rather than ``materialize_incremental``: the latter keeps a
-    high-water mark and would skip a late or corrected day.
+    high-water mark and would skip a late or corrected day. For the newest day the window
+    is that day. For an older day (a late or corrected one) the window runs to the newest
+    feature day: Feast writes the newest row of each entity in the window, so a rewritten
+    older day cannot overwrite values of a later day, in SQLite and in Redis alike.
     """
     store = store or open_store(settings)
-    start, end = day_bounds(day, settings.zone)
     for view in FEATURE_VIEWS:
         if not partition_path(settings.offline_dir, view, day).exists():
             raise FeatureStoreError(
                 f"no {view} partition for {day} under {settings.offline_dir / view}; compute the features first"
             )
+    newest = max(day, newest_feature_day(settings) or day)
+    start, _ = day_bounds(day, settings.zone)
+    _, end = day_bounds(newest, settings.zone)
     store.materialize(start_date=start, end_date=end, feature_views=list(FEATURE_VIEWS))
     return start, end
 
 
 @dataclass
 class ProbeResult:
-    """Comparison of online values with the offline partition for a sample of entities."""
+    """Comparison of online values with the offline partitions for a sample of entities."""
 
     entities: int = 0
     values: int = 0
@@ -94,16 +110,38 @@ class ProbeResult:
         return not self.mismatches
 
 
+def expected_online_rows(settings: Settings, view: str, first: date, last: date) -> pd.DataFrame:
+    """Return the newest offline row per entity among the partitions ``first`` .. ``last``."""
+    paths = [
+        partition_path(settings.offline_dir, view, first + timedelta(days=offset))
+        for offset in range((last - first).days + 1)
+    ]
+    frames = [pd.read_parquet(path) for path in paths if path.exists()]
+    if not frames:
+        return pd.DataFrame()
+    rows = pd.concat(frames, ignore_index=True).sort_values("event_timestamp", kind="stable")
+    return rows.drop_duplicates(list(ENTITY_KEYS[view]), keep="last").reset_index(drop=True)
+
+
 def probe_online(settings: Settings, day: date, store: FeatureStore | None = None, seed: int = 0) -> ProbeResult:
-    """Read a sample of the day's entities back from the online store and compare with offline."""
+    """Read a sample of entities back from the online store and compare with the offline values.
+
+    The sample comes from ``day``'s partitions; the expected value of an entity is its newest
+    offline row up to the newest feature day, which is what ``materialize_day`` writes.
+    """
     store = store or open_store(settings)
+    newest = max(day, newest_feature_day(settings) or day)
     result = ProbeResult()
     for view in FEATURE_VIEWS:
         offline = pd.read_parquet(partition_path(settings.offline_dir, view, day))
         if offline.empty:
             continue
-        sample = offline.sample(n=min(settings.online_store.probe_sample, len(offline)), random_state=seed)
         keys = list(ENTITY_KEYS[view])
+        sample = offline.sample(n=min(settings.online_store.probe_sample, len(offline)), random_state=seed)[keys]
+        if newest > day:
+            sample = sample.merge(expected_online_rows(settings, view, day, newest), on=keys, how="left")
+        else:
+            sample = sample.merge(offline, on=keys, how="left")
         names = feature_columns(view, settings.features)
         online = store.get_online_features(
             features=[f"{view}:{name}" for name in names],

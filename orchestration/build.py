@@ -6,8 +6,8 @@ from dagster import AssetSelection, Definitions, define_asset_job
 
 from freshrank.config import Settings, load_settings
 from orchestration.assets import build_assets
-from orchestration.partitions import daily_partitions
 from orchestration.resources import FreshrankHome
+from orchestration.sensors import build_daily_schedule, build_landing_sensor
 
 DAILY_LOOP_JOB = "daily_loop"
 
@@ -19,12 +19,13 @@ def build_definitions(settings: Settings | None = None) -> Definitions:
     daily_loop = define_asset_job(
         DAILY_LOOP_JOB,
         selection=AssetSelection.all(),
-        partitions_def=daily_partitions(settings),
         description="Ingest, validate, compute and materialize features, train, evaluate and deploy one day.",
     )
     return Definitions(
         assets=assets,
         asset_checks=checks,
         jobs=[daily_loop],
+        sensors=[build_landing_sensor(settings, daily_loop)],
+        schedules=[build_daily_schedule(settings, daily_loop)],
         resources={"freshrank": FreshrankHome(home=str(settings.home))},
     )

@@ -8,7 +8,7 @@ from datetime import date
 
 from typing import Callable
 
-from dagster import AssetCheckKey, DagsterInstance
+from dagster import AssetCheckKey, AssetKey, DagsterInstance
 
 from freshrank.config import Settings
 from orchestration.build import DAILY_LOOP_JOB, build_definitions
@@ -34,18 +34,29 @@ def dagster_instance(settings: Settings) -> DagsterInstance:
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists():
-        config.write_text("telemetry:\n  enabled: false\n")
+        # One run at a time: the runs of a correction must execute in partition order.
+        config.write_text(
+            "telemetry:\n  enabled: false\n"
+            "concurrency:\n  runs:\n"
+            f"    max_concurrent_runs: {settings.orchestration.max_concurrent_runs}\n"
+        )
     return DagsterInstance.from_config(str(home))
 
 
-def run_day(settings: Settings, day: date, instance: DagsterInstance, defs=None) -> DayRun:
-    """Run the whole daily loop for one partition; a failed blocking check skips what depends on it."""
+def run_day(
+    settings: Settings, day: date, instance: DagsterInstance, defs=None, assets: list[AssetKey] | None = None
+) -> DayRun:
+    """Run the daily loop (or the given assets of it) for one partition.
+
+    A failed blocking check skips everything that depends on the checked asset.
+    """
     defs = defs or build_definitions(settings)
     job = defs.resolve_job_def(DAILY_LOOP_JOB)
     result = job.execute_in_process(
         partition_key=day.isoformat(),
         instance=instance,
         raise_on_error=False,
+        asset_selection=assets,
         run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
     )
     materialized = tuple(
@@ -82,3 +93,18 @@ def replay(
     return runs
 
 
+
+
+def run_changes(settings: Settings, on_day: Callable[[DayRun], None] | None = None) -> list[DayRun]:
+    """Plan the runs for new and changed landed days, as the sensor does, and execute them in order."""
+    from orchestration.changes import plan_runs
+
+    instance = dagster_instance(settings)
+    defs = build_definitions(settings)
+    runs = []
+    for planned in plan_runs(settings, instance):
+        outcome = run_day(settings, date.fromisoformat(planned.partition), instance, defs, planned.asset_keys)
+        runs.append(outcome)
+        if on_day is not None:
+            on_day(outcome)
+    return runs
