@@ -132,6 +132,94 @@ class OrchestrationConfig(_Strict):
     """Runs the Dagster instance under the home executes at once; 1 keeps partitions in date order."""
 
 
+class ABConfig(_Strict):
+    """A/B split: a stable share of users is ranked by a second model version."""
+
+    treatment_version: str | None = None
+    """Registry version that ranks the treatment users; unset means no split (everyone gets the champion)."""
+    treatment_share: float = 0.0
+    """Fraction of users, in [0, 1], routed to ``treatment_version`` by a hash of their user id."""
+    salt: str = "freshrank-ab-1"
+    """Text mixed into the user id hash; a new salt reshuffles which users are in the treatment."""
+
+    @field_validator("treatment_share")
+    @classmethod
+    def _share_is_fraction(cls, value: float) -> float:
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"serving.ab.treatment_share must be a fraction in [0, 1], not {value}")
+        return value
+
+
+class RecommendConfig(_Strict):
+    """Candidate source of ``GET /recommend``, rebuilt from the warehouse on each deployment."""
+
+    top_categories: int = Field(default=3, ge=0)
+    """Number of the user's most frequent categories whose popular items become candidates."""
+    items_per_category: int = Field(default=50, ge=0)
+    """Most popular items taken from each of the user's top categories."""
+    popular_items: int = Field(default=100, ge=0)
+    """Most popular items overall, added to every user's candidates."""
+    popularity_window_days: int = Field(default=28, ge=1)
+    """Trailing event days, up to the newest published day, over which popularity is counted."""
+
+
+class ServingConfig(_Strict):
+    """HTTP ranking service (`freshrank serve`): limits, refresh policy, A/B split and request log."""
+
+    host: str = "127.0.0.1"
+    """Interface the service binds to; the default accepts local connections only."""
+    port: int = Field(default=8000, ge=0, le=65535)
+    """TCP port of the service."""
+    workers: int = Field(default=1, ge=1)
+    """uvicorn worker processes; each holds its own model, item-feature snapshot and metrics."""
+    max_candidates: int = Field(default=1000, ge=1)
+    """Largest number of candidate item ids accepted by one ``POST /rank`` request."""
+    max_id_length: int = Field(default=128, ge=1)
+    """Largest length, in characters, of a user id or item id in a request."""
+    max_query_length: int = Field(default=200, ge=1)
+    """Largest length, in characters, of the ``q`` parameter of ``GET /search``."""
+    max_k: int = Field(default=100, ge=1)
+    """Largest number of items returned by ``GET /recommend`` and ``GET /search``."""
+    default_k: int = Field(default=10, ge=1)
+    """Items returned by ``GET /recommend`` and ``GET /search`` when the request sets no ``k``."""
+    item_features: str = "snapshot"
+    """``snapshot``: hold all item features in memory and re-read them after each materialization;
+    ``online``: read the candidates' item features from the online store on every request."""
+    reload_interval_s: float = Field(default=1.0, gt=0)
+    """Seconds between checks of the champion pointer and of new materialization records."""
+    snapshot_max_age_s: float = Field(default=900.0, ge=0)
+    """Seconds after which the item-feature snapshot is re-read even without a new
+    materialization record (this covers `freshrank features materialize`); 0 turns it off."""
+    request_log: str = "serving/requests.jsonl"
+    """Request log (JSON Lines), relative to the home; an empty string turns the log off."""
+    request_log_items: int = Field(default=100, ge=1)
+    """Ranked item ids written to the request log per request, from the top."""
+    catalogue: str = "serving/catalogue.parquet"
+    """Optional item titles for ``GET /search`` (Parquet or CSV with ``item_id``, ``title`` and
+    optionally ``category``), relative to the home; `freshrank catalogue` writes it."""
+    recommend: RecommendConfig = RecommendConfig()
+    """Candidate source of ``GET /recommend``."""
+    ab: ABConfig = ABConfig()
+    """A/B split between the champion and a second model version."""
+
+    @field_validator("item_features")
+    @classmethod
+    def _known_item_source(cls, value: str) -> str:
+        if value not in ("snapshot", "online"):
+            raise ValueError(f"serving.item_features must be 'snapshot' or 'online', not {value!r}")
+        return value
+
+    @field_validator("request_log", "catalogue")
+    @classmethod
+    def _inside_home(cls, value: str) -> str:
+        path = Path(value)
+        if path.is_absolute() or ".." in path.parts:
+            raise ValueError(
+                f"{value!r} must be a path relative to the home without '..', so that nothing is written outside it"
+            )
+        return value
+
+
 class Settings(_Strict):
     """All freshrank settings; ``home`` is the one folder freshrank writes to."""
 
@@ -148,6 +236,7 @@ class Settings(_Strict):
     drift: DriftConfig = DriftConfig()
     online_store: OnlineStoreConfig = OnlineStoreConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
+    serving: ServingConfig = ServingConfig()
 
     @field_validator("timezone")
     @classmethod

@@ -58,3 +58,15 @@ class FeatureMismatchError(FreshrankError):
 
 class DriftInputError(FreshrankError):
     """The reference or current data of a drift check is empty or lacks a usable column."""
+
+
+class RankingInputError(FreshrankError):
+    """A ranking request is invalid: no candidates, duplicates, too many, or an id that is empty or too long."""
+
+
+class ServingUnavailableError(FreshrankError):
+    """The ranking service cannot answer yet: a model, the online store or the candidate source is not loaded."""
+
+
+class RequestLogError(FreshrankError):
+    """A line of the serving request log is not a valid request record."""

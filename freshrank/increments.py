@@ -100,16 +100,34 @@ def file_digest(path: Path) -> str:
 
 
 def data_version(files: list[Path]) -> str:
-    """Hash the files' contents, ignoring names and order, into the day's data version."""
-    digests = sorted(file_digest(path) for path in files)
-    combined = hashlib.sha256("\n".join(digests).encode()).hexdigest()
+    """Hash the files' contents, ignoring names, order and byte-identical copies, into the day's data version."""
+    return version_of_digests([file_digest(path) for path in files])
+
+
+def version_of_digests(digests: list[str]) -> str:
+    """Combine file digests into a data version; a digest repeated by a copied file counts once."""
+    combined = hashlib.sha256("\n".join(sorted(set(digests))).encode()).hexdigest()
     return combined[:24]
+
+
+def distinct_files(files: list[Path]) -> list[Path]:
+    """Drop files whose bytes equal an earlier file's, so a re-delivered copy is not read twice."""
+    seen: set[str] = set()
+    kept = []
+    for path in files:
+        digest = file_digest(path)
+        if digest in seen:
+            logger.info("skipping %s: byte-identical to another file of the same day", path)
+            continue
+        seen.add(digest)
+        kept.append(path)
+    return kept
 
 
 def read_increment(landing: Path, day: date | str, timezone: str) -> Increment:
     """Read and type all of a day's increment files; raise on the first malformed value."""
     day = parse_day(day)
-    files = increment_files(landing, day)
+    files = distinct_files(increment_files(landing, day))
     if not files:
         raise MissingIncrementError(day.strftime(DAY_FORMAT), landing / day.strftime(DAY_FORMAT))
     zone = ZoneInfo(timezone)

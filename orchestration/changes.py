@@ -29,7 +29,7 @@ from dagster import AssetKey, DagsterInstance
 
 from freshrank.config import Settings
 from freshrank.features import FEATURE_VIEWS
-from freshrank.increments import increment_files, landed_days
+from freshrank.increments import increment_files, landed_days, version_of_digests
 
 DATA_ASSETS: tuple[str, ...] = ("increment", "events", *FEATURE_VIEWS, "online_features")
 DOWNSTREAM_FEATURE_ASSETS: tuple[str, ...] = (*FEATURE_VIEWS, "online_features")
@@ -97,8 +97,8 @@ def landed_versions(settings: Settings, cache: DigestCache | None = None) -> dic
     cache = cache or DigestCache(settings)
     versions = {}
     for day in landed_days(settings.landing_dir):
-        digests = sorted(cache.digest(path) for path in increment_files(settings.landing_dir, day))
-        versions[day] = hashlib.sha256("\n".join(digests).encode()).hexdigest()[:24]
+        digests = [cache.digest(path) for path in increment_files(settings.landing_dir, day)]
+        versions[day] = version_of_digests(digests)
     cache.save()
     return versions
 
