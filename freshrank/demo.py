@@ -169,19 +169,22 @@ def print_example_ranking(settings: Settings, console: Console, top: int = 10) -
 
 
 def print_status(settings: Settings, console: Console) -> None:
-    """Print the published partitions, the champion and its lineage."""
+    """Print each landed partition's data version and state, then the champion and its lineage."""
     from models.lifecycle import registry_for
+    from orchestration.replay import dagster_instance
+    from orchestration.status import partition_states
 
-    if settings.warehouse_path.exists():
-        table = Table(title=f"partitions in {settings.warehouse_path}")
-        for column in ("day", "data version", "rows in", "published", "duplicates", "returns", "no user", "published at"):
-            table.add_column(column)
-        for row in partition_rows(settings.warehouse_path).itertuples():
-            table.add_row(
-                str(row.event_day)[:10], row.data_version, str(row.rows_in), str(row.rows_published),
-                str(row.duplicates_dropped), str(row.returns_set_aside), str(row.rows_without_user), str(row.published_at)[:19],
-            )
-        console.print(table)
+    states = partition_states(settings, dagster_instance(settings))
+    table = Table(title=f"partitions of {settings.home}")
+    for column in ("day", "landed version", "published version", "features computed", "state"):
+        table.add_column(column, no_wrap=True)
+    counts: dict[str, int] = {}
+    for state in states:
+        counts[state.state] = counts.get(state.state, 0) + 1
+        style = "" if state.state == "up to date" else "yellow"
+        table.add_row(state.day, state.landed_version, state.recorded_version or "-", state.computed_at or "-", f"[{style}]{state.state}[/{style}]" if style else state.state)
+    console.print(table)
+    console.print(", ".join(f"{count} {name}" for name, count in sorted(counts.items())) or "no landed days")
     registry = registry_for(settings)
     champion = registry.champion()
     console.print(f"champion: {champion or 'none deployed'}")
