@@ -50,6 +50,19 @@ class ValidationConfig(_Strict):
     """Smallest accepted ratio of the increment's rows to the trailing mean."""
     max_volume_ratio: float = 5.0
     """Largest accepted ratio of the increment's rows to the trailing mean."""
+    max_id_length: int = Field(default=256, ge=1)
+    """Longest accepted ``user_id``, ``item_id`` or ``session_id``, in characters."""
+    max_clock_skew_seconds: float = Field(default=300.0, ge=0)
+    """Seconds an ``event_time`` may lie after the wall-clock time of the validation run."""
+    max_abs_quantity: float = Field(default=100_000.0, gt=0)
+    """Largest accepted absolute ``quantity`` of one event, in units."""
+    max_price: float = Field(default=1_000_000.0, gt=0)
+    """Largest accepted unit ``price``, in the shop's currency units."""
+    max_top_user_share: float = Field(default=0.5, gt=0, le=1)
+    """Largest fraction of a day's rows that one ``user_id`` may have; more looks like a bot."""
+    min_rows_for_user_share: int = Field(default=300, ge=1)
+    """Row count from which the top-user share is checked; in a smaller day one customer may
+    legitimately make most of the events."""
 
 
 class TrainingConfig(_Strict):
@@ -220,6 +233,30 @@ class ServingConfig(_Strict):
         return value
 
 
+class AlertsConfig(_Strict):
+    """Where data-quality and drift alerts go besides ``<home>/alerts.jsonl``."""
+
+    webhook_url: str | None = None
+    """URL that receives each alert as a JSON POST with a Slack-compatible ``text`` field; unset
+    disables it. The environment variable ``FRESHRANK_ALERT_WEBHOOK_URL`` overrides it, so that
+    a secret URL need not be written into freshrank.yaml."""
+    webhook_include_alert: bool = False
+    """Also send the whole alert record as the field ``alert`` next to ``text``."""
+    webhook_timeout_seconds: float = Field(default=5.0, gt=0)
+    """Seconds to wait for the connection and for each read of the response of one POST."""
+    webhook_retries: int = Field(default=3, ge=0)
+    """POSTs repeated after a failed one (connection error, timeout, HTTP 429 or 5xx)."""
+    webhook_backoff_seconds: float = Field(default=1.0, ge=0)
+    """Seconds to wait before the first retry; the wait doubles before each further retry."""
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("alerts.webhook_url must start with http:// or https://")
+        return value
+
+
 class Settings(_Strict):
     """All freshrank settings; ``home`` is the one folder freshrank writes to."""
 
@@ -237,6 +274,7 @@ class Settings(_Strict):
     online_store: OnlineStoreConfig = OnlineStoreConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
     serving: ServingConfig = ServingConfig()
+    alerts: AlertsConfig = AlertsConfig()
 
     @field_validator("timezone")
     @classmethod
