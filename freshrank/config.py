@@ -125,6 +125,15 @@ class OnlineStoreConfig(_Strict):
     """Redis connection string, used only when ``type`` is ``redis``."""
     probe_sample: int = 50
     """Entities read back after each materialization to compare with offline values."""
+    writer: str = "bulk"
+    """``bulk``: freshrank's writer in Feast's layout (fast); ``feast``: ``FeatureStore.materialize``."""
+
+    @field_validator("writer")
+    @classmethod
+    def _known_writer(cls, value: str) -> str:
+        if value not in ("bulk", "feast"):
+            raise ValueError(f"online_store.writer must be 'bulk' or 'feast', not {value!r}")
+        return value
 
     @field_validator("type")
     @classmethod

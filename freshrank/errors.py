@@ -70,3 +70,7 @@ class ServingUnavailableError(FreshrankError):
 
 class RequestLogError(FreshrankError):
     """A line of the serving request log is not a valid request record."""
+
+
+class QuarantineError(FreshrankError):
+    """A quarantined increment is not found, or a release of it cannot be honoured."""

@@ -93,8 +93,32 @@ def materialize_day(settings: Settings, day: date, store: FeatureStore | None = 
     newest = max(day, newest_feature_day(settings) or day)
     start, _ = day_bounds(day, settings.zone)
     _, end = day_bounds(newest, settings.zone)
-    store.materialize(start_date=start, end_date=end, feature_views=list(FEATURE_VIEWS))
+    if settings.online_store.writer == "feast":
+        store.materialize(start_date=start, end_date=end, feature_views=list(FEATURE_VIEWS))
+    else:
+        bulk_materialize(settings, store, day, newest)
     return start, end
+
+
+def bulk_materialize(settings: Settings, store: FeatureStore, first: date, last: date) -> dict[str, int]:
+    """Write the newest row per entity of the partitions ``first`` .. ``last`` with the bulk writer."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from freshrank.online_writer import write_redis, write_sqlite
+
+    write = write_redis if settings.online_store.type == "redis" else write_sqlite
+    written = {}
+    for view in FEATURE_VIEWS:
+        paths = [
+            partition_path(settings.offline_dir, view, first + timedelta(days=offset))
+            for offset in range((last - first).days + 1)
+        ]
+        tables = [pq.read_table(path) for path in paths if path.exists()]
+        table = pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
+        stats = write(store, view, table, feature_columns(view, settings.features))
+        written[view] = stats.entities
+    return written
 
 
 @dataclass

@@ -13,10 +13,11 @@ import json
 import logging
 import math
 import os
+import re
 import tempfile
 import threading
 from dataclasses import asdict, dataclass, field
-from datetime import date
+from datetime import date, datetime, timezone as dt_timezone
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -25,7 +26,7 @@ import pandas as pd
 
 from freshrank.config import ValidationConfig
 from freshrank.errors import ConfigError
-from freshrank.schema import DAY_FORMAT, EVENT_TYPES, REQUIRED_COLUMNS
+from freshrank.schema import DAY_FORMAT, EVENT_TYPES, INCREMENT_COLUMNS, REQUIRED_COLUMNS
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,19 @@ SUITE_PATH = Path(__file__).resolve().parents[1] / "expectations" / "increment_s
 ROW_FINGERPRINT_COLUMN = "_row_fingerprint"
 """Column added to the batch for the duplicate check: a 64-bit hash of each row's values."""
 
+USER_SHARE_COLUMN = "_user_event_share"
+"""Column added to the batch for the bot check: the fraction of the day's rows that the row's
+``user_id`` has; null for rows without a user."""
+
+DERIVED_COLUMNS: dict[str, str | None] = {ROW_FINGERPRINT_COLUMN: None, USER_SHARE_COLUMN: "user_id"}
+"""Columns added to the batch at validation time, with the increment column each is computed from."""
+
+READ_CHECK = "files_readable"
+"""Check name of the outcome that reports files which could not be read (no GE run)."""
+
+EXAMPLE_TEXT_CHARACTERS = 200
+"""Longest text kept of one value in example rows; a 10 kB id is cut to this many characters."""
+
 MIN_TRAILING_DAYS = 3
 """Minimum number of trailing daily row counts for the volume check to run."""
 
@@ -47,6 +61,9 @@ _CHECK_COLUMNS = "required_columns_present"
 _CHECK_DUPLICATES = "duplicate_share"
 _CHECK_VOLUME = "row_volume"
 _CHECK_EVENT_TIME = "event_time_within_day"
+_CHECK_FUTURE = "event_time_not_in_future"
+_CHECK_USER_SHARE = "top_user_share"
+_UNIX_EPOCH = pd.Timestamp(0, tz="UTC")
 
 # Keys of an expectation's kwargs that select data rather than set a threshold.
 _DOMAIN_KWARGS = ("column", "batch_id")
@@ -89,6 +106,13 @@ class ValidationResult:
     ge_result: dict
     """The Great Expectations suite validation result as a JSON-able dict."""
     row_count: int
+    cleaning: dict[str, int] = field(default_factory=dict)
+    """Repairs made while the increment was read, by kind (see ``freshrank.increments``)."""
+    notes: list[str] = field(default_factory=list)
+    """One sentence per repair made while reading, naming the file."""
+    release: dict | None = None
+    """The operator's release of a failed increment; ``success`` is then True while ``failed()``
+    still lists the failed expectations."""
 
     def failed(self) -> list[ExpectationOutcome]:
         """Return the outcomes that did not succeed, in suite order."""
@@ -102,6 +126,9 @@ class ValidationResult:
             "row_count": self.row_count,
             "outcomes": [asdict(outcome) for outcome in self.outcomes],
             "ge_result": self.ge_result,
+            "cleaning": self.cleaning,
+            "notes": self.notes,
+            "release": self.release,
         }
 
     def to_markdown(self) -> str:
@@ -110,11 +137,19 @@ class ValidationResult:
         skipped = [outcome for outcome in self.outcomes if outcome.skipped and outcome.success]
         passed = [outcome for outcome in self.outcomes if outcome.success and not outcome.skipped]
         status = "passed" if self.success else "FAILED"
+        if self.release is not None:
+            status = "FAILED, released for publishing"
         lines = [
             f"# Increment validation {self.day}: {status}",
             "",
             f"{self.row_count} rows; {len(failed)} of {len(self.outcomes)} expectations failed.",
         ]
+        if self.release is not None:
+            lines += [
+                "",
+                f"Released by {self.release.get('released_by')} at {self.release.get('released_at')}: "
+                f"{self.release.get('reason')}",
+            ]
         if failed:
             lines += ["", "## Failed expectations", ""]
             lines += ["| expectation | column | observed | threshold |", "|---|---|---|---|"]
@@ -130,6 +165,9 @@ class ValidationResult:
         if passed:
             lines += ["", "## Passed expectations", ""]
             lines += [f"- {o.expectation} ({o.column or 'table'})" for o in passed]
+        if self.notes:
+            lines += ["", "## Repairs made while reading", ""]
+            lines += [f"- {note}" for note in self.notes]
         return "\n".join(lines) + "\n"
 
 
@@ -264,6 +302,7 @@ def validate_increment(
     config: ValidationConfig,
     trailing_row_counts: list[int],
     suite_path: Path = SUITE_PATH,
+    now: datetime | None = None,
 ) -> ValidationResult:
     """Validate one day's staged increment against the increment suite.
 
@@ -274,29 +313,38 @@ def validate_increment(
         frame: The staged increment in the canonical schema (``freshrank.schema``).
         day: Calendar day of the increment in ``timezone``.
         timezone: Business timezone (IANA name) whose calendar days are the partitions.
-        config: Thresholds of the duplicate and volume checks.
+        config: Thresholds of the checks.
         trailing_row_counts: Row counts of earlier published days, oldest first; the last
             ``config.volume_trailing_days`` of them are the volume reference.
         suite_path: Expectation suite JSON file.
+        now: Clock of the future-timestamp check (timezone-aware); default the current time.
 
     Returns:
         The outcome of every expectation, in suite order, and the raw GE result.
 
     Raises:
         ConfigError: ``timezone`` is unknown.
-        ValueError: ``frame`` already has the internal ``_row_fingerprint`` column, or a
+        ValueError: ``frame`` already has an internal column (``DERIVED_COLUMNS``), or a
             trailing row count is negative.
     """
-    if ROW_FINGERPRINT_COLUMN in frame.columns:
-        raise ValueError(f"the increment must not have a column named {ROW_FINGERPRINT_COLUMN!r}; rename it")
+    reserved = sorted(set(DERIVED_COLUMNS) & set(frame.columns))
+    if reserved:
+        raise ValueError(f"the increment must not have a column named {reserved[0]!r}; rename it")
     day_start, next_day_start = day_bounds_utc(day, timezone)
     volume = _volume_bounds(trailing_row_counts, config)
+    clock = pd.Timestamp(now or datetime.now(dt_timezone.utc)).tz_convert("UTC")
     parameters: dict[str, Any] = {
         "required_columns": list(REQUIRED_COLUMNS),
         "event_types": list(EVENT_TYPES),
         "day_start": day_start,
         "next_day_start": next_day_start,
         "min_distinct_row_share": 1.0 - config.max_duplicate_share,
+        "latest_event_time": clock + pd.Timedelta(seconds=config.max_clock_skew_seconds),
+        "max_id_length": config.max_id_length,
+        "max_abs_quantity": config.max_abs_quantity,
+        "min_quantity": -config.max_abs_quantity,
+        "max_price": config.max_price,
+        "max_top_user_share": config.max_top_user_share,
     }
     if volume is not None:
         parameters["min_row_count"] = volume.min_rows
@@ -304,13 +352,15 @@ def validate_increment(
 
     template = _load_suite_template(Path(suite_path))
     batch_frame, fingerprints = _batch_frame(frame)
-    planned, not_evaluated = _plan(template, frame, volume, len(trailing_row_counts))
+    planned, not_evaluated = _plan(template, frame, volume, len(trailing_row_counts), config)
     ge_result = _run_suite(template, planned, batch_frame, parameters)
 
     by_check = {
         result["expectation_config"]["meta"]["check"]: result for result in ge_result["results"]
     }
-    context = _OutcomeContext(frame=frame, fingerprints=fingerprints, config=config, volume=volume)
+    context = _OutcomeContext(
+        frame=frame, fingerprints=fingerprints, config=config, volume=volume, clock=clock, batch_frame=batch_frame
+    )
     outcomes = []
     for expectation in template["expectations"]:
         check = expectation["meta"]["check"]
@@ -337,7 +387,7 @@ def validate_increment(
 
 
 def _batch_frame(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
-    """Return a shallow copy of ``frame`` with a 0..n-1 index and the row fingerprint column.
+    """Return a shallow copy of ``frame`` with a 0..n-1 index and the derived columns.
 
     The copy shares the caller's data, and GE's unexpected row indexes are then positions.
     """
@@ -346,28 +396,42 @@ def _batch_frame(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
     batch_frame = frame.copy(deep=False)
     batch_frame.index = pd.RangeIndex(len(frame))
     batch_frame[ROW_FINGERPRINT_COLUMN] = fingerprints
+    if "user_id" in batch_frame.columns and len(batch_frame):
+        users = batch_frame["user_id"]
+        rows_per_user = users.map(users.value_counts(dropna=True))
+        batch_frame[USER_SHARE_COLUMN] = (rows_per_user / len(batch_frame)).astype("float64")
     return batch_frame, fingerprints
 
 
 
 
 def _plan(
-    template: dict, frame: pd.DataFrame, volume: _VolumeBounds | None, trailing_days: int
+    template: dict, frame: pd.DataFrame, volume: _VolumeBounds | None, trailing_days: int, config: ValidationConfig
 ) -> tuple[list[dict], dict[str, ExpectationOutcome]]:
     """Split the suite into expectations to run and outcomes decided without running GE.
 
     An expectation on an absent column is not evaluated (the column check reports the absence),
     and neither is the volume check without enough trailing days nor the duplicate check on an
-    empty increment. An ``event_time`` column that is not tz-aware fails the day-window check
-    here, because GE cannot compare naive and UTC timestamps.
+    empty increment, nor the top-user share below ``min_rows_for_user_share`` rows. An
+    ``event_time`` column that is not tz-aware fails the day-window check here, because GE
+    cannot compare naive and UTC timestamps, and the future check is then not evaluated.
     """
     planned: list[dict] = []
     not_evaluated: dict[str, ExpectationOutcome] = {}
     for expectation in template["expectations"]:
         check = expectation["meta"]["check"]
         column = expectation["kwargs"].get("column")
-        if column is not None and column != ROW_FINGERPRINT_COLUMN and column not in frame.columns:
-            not_evaluated[check] = _decided_outcome(expectation, f"not evaluated: column {column!r} is absent")
+        source = DERIVED_COLUMNS.get(column, column)
+        if source is not None and source not in frame.columns:
+            not_evaluated[check] = _decided_outcome(expectation, f"not evaluated: column {source!r} is absent")
+        elif check == _CHECK_USER_SHARE and len(frame) < config.min_rows_for_user_share:
+            reason = (
+                f"skipped: {len(frame)} rows, fewer than min_rows_for_user_share "
+                f"({config.min_rows_for_user_share}), so one user's share says little"
+            )
+            not_evaluated[check] = _decided_outcome(expectation, reason)
+        elif check == _CHECK_FUTURE and not isinstance(frame[column].dtype, pd.DatetimeTZDtype):
+            not_evaluated[check] = _decided_outcome(expectation, "not evaluated: event_time is not tz-aware")
         elif check == _CHECK_VOLUME and volume is None:
             reason = (
                 f"skipped: {trailing_days} trailing daily row counts are known "
@@ -396,7 +460,7 @@ def _decided_outcome(expectation: dict, note: str, success: bool = True) -> Expe
     column = expectation["kwargs"].get("column")
     return ExpectationOutcome(
         expectation=expectation["meta"]["check"],
-        column=None if column == ROW_FINGERPRINT_COLUMN else column,
+        column=DERIVED_COLUMNS.get(column, column),
         success=success,
         observed=None,
         threshold=None,
@@ -436,6 +500,8 @@ class _OutcomeContext:
     fingerprints: pd.Series
     config: ValidationConfig
     volume: _VolumeBounds | None
+    clock: pd.Timestamp
+    batch_frame: pd.DataFrame
 
 
 def _outcome_from_result(result: dict, context: _OutcomeContext) -> ExpectationOutcome:
@@ -444,7 +510,7 @@ def _outcome_from_result(result: dict, context: _OutcomeContext) -> ExpectationO
     column = kwargs.get("column")
     outcome = ExpectationOutcome(
         expectation=config["meta"]["check"],
-        column=None if column == ROW_FINGERPRINT_COLUMN else column,
+        column=DERIVED_COLUMNS.get(column, column),
         success=bool(result["success"]),
         observed=None,
         threshold=None,
@@ -465,8 +531,12 @@ def _outcome_from_result(result: dict, context: _OutcomeContext) -> ExpectationO
         _fill_duplicates_outcome(outcome, details, context)
     elif outcome.expectation == _CHECK_VOLUME:
         _fill_volume_outcome(outcome, kwargs, details, context.volume)
+    elif outcome.expectation == _CHECK_USER_SHARE:
+        _fill_user_share_outcome(outcome, kwargs, details, context)
     else:
         _fill_column_values_outcome(outcome, kwargs, details, context.frame)
+        if not outcome.success and outcome.expectation in (_CHECK_EVENT_TIME, _CHECK_FUTURE):
+            outcome.note = " ".join(filter(None, [outcome.note, _event_time_diagnosis(outcome, context)]))
     return outcome
 
 
@@ -518,6 +588,46 @@ def _fill_volume_outcome(
     )
 
 
+def _fill_user_share_outcome(outcome: ExpectationOutcome, kwargs: dict, details: dict, context: _OutcomeContext) -> None:
+    users = context.frame["user_id"]
+    counts = users.value_counts(dropna=True)
+    rows = len(context.frame)
+    outcome.threshold = {"max_top_user_share": kwargs["max_value"]}
+    if counts.empty:
+        outcome.observed = {"top_user": None, "top_user_rows": 0, "share": 0.0}
+        return
+    top_user, top_rows = str(counts.index[0]), int(counts.iloc[0])
+    outcome.observed = {"top_user": _short(top_user), "top_user_rows": top_rows, "share": round(top_rows / rows, 6)}
+    if not outcome.success:
+        heavy = counts[counts / rows > kwargs["max_value"]]
+        outcome.note = (
+            f"user_id {_short(top_user)!r} made {top_rows} of {rows} rows ({top_rows / rows:.1%}); "
+            f"{len(heavy)} user(s) are over the limit. A bot, a crawler or a test account is likely."
+        )
+        positions = users.index[(users == top_user).fillna(False).to_numpy()][:EXAMPLE_ROWS]
+        outcome.unexpected_examples = _example_rows(context.frame, positions)
+
+
+def _event_time_diagnosis(outcome: ExpectationOutcome, context: _OutcomeContext) -> str:
+    """Name the likely cause of event times outside the day or in the future."""
+    times = context.frame["event_time"]
+    at_epoch = int((times == _UNIX_EPOCH).sum())
+    parts = []
+    if at_epoch:
+        parts.append(
+            f"{at_epoch} row(s) are at 1970-01-01T00:00:00Z, the Unix epoch: a missing timestamp written as 0."
+        )
+    if outcome.expectation == _CHECK_FUTURE:
+        latest = times.max()
+        parts.append(
+            f"The latest event_time is {latest.isoformat()}, {(latest - context.clock).total_seconds():.0f} s after "
+            f"the validation clock {context.clock.isoformat()} (limit: {context.config.max_clock_skew_seconds:g} s)."
+        )
+    else:
+        parts.append(f"event_time ranges from {times.min().isoformat()} to {times.max().isoformat()}.")
+    return " ".join(parts)
+
+
 def _fill_column_values_outcome(outcome: ExpectationOutcome, kwargs: dict, details: dict, frame: pd.DataFrame) -> None:
     unexpected = int(details.get("unexpected_count") or 0)
     outcome.observed = {"unexpected_rows": unexpected}
@@ -541,9 +651,19 @@ def _column_values_threshold(expectation_type: str, kwargs: dict) -> dict:
 
 
 def _example_rows(frame: pd.DataFrame, positions: Any) -> list[dict]:
-    """Return the rows at ``positions`` as JSON-able dicts, timestamps as ISO strings in UTC."""
+    """Return the rows at ``positions`` as JSON-able dicts, timestamps as ISO strings in UTC.
+
+    Text longer than ``EXAMPLE_TEXT_CHARACTERS`` is cut, so a 10 kB id does not bloat the report.
+    """
     rows = frame.iloc[list(positions)]
-    return json.loads(rows.to_json(orient="records", date_format="iso", date_unit="s"))
+    records = json.loads(rows.to_json(orient="records", date_format="iso", date_unit="s"))
+    return [{key: _short(value) if isinstance(value, str) else value for key, value in record.items()} for record in records]
+
+
+def _short(text: str) -> str:
+    if len(text) <= EXAMPLE_TEXT_CHARACTERS:
+        return text
+    return f"{text[:EXAMPLE_TEXT_CHARACTERS]}... ({len(text)} characters)"
 
 
 # --- Reports ----------------------------------------------------------------------------------
@@ -573,3 +693,45 @@ def _write_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+
+
+# --- Increments that could not be read --------------------------------------------------------
+
+
+def unreadable_result(day: date, read_error: dict, files: list[str]) -> ValidationResult:
+    """Return a failed result for an increment whose files could not be read.
+
+    Great Expectations cannot run without rows, so the result holds one outcome,
+    ``files_readable``, whose note is the read error: the file, the row or line, the
+    column and what to do.
+
+    Args:
+        day: The increment's day.
+        read_error: ``path``, ``problem`` and ``hint`` of the read error.
+        files: Paths of all files of the day.
+    """
+    outcome = ExpectationOutcome(
+        expectation=READ_CHECK,
+        column=_column_named_in(read_error["problem"]),
+        success=False,
+        observed={"file": read_error["path"], "problem": read_error["problem"]},
+        threshold="every file is readable and fits the canonical schema",
+        unexpected_examples=[],
+        expectation_type="freshrank_read_increment",
+        description="Every file of the increment can be read and typed into the canonical schema.",
+        note=f"{read_error['path']}: {read_error['problem']}. {read_error['hint']}",
+    )
+    ge_result = {
+        "success": False,
+        "results": [],
+        "statistics": {"evaluated_expectations": 0},
+        "note": "Great Expectations did not run: the increment's files could not be read.",
+        "files": list(files),
+    }
+    return ValidationResult(day=day.strftime(DAY_FORMAT), success=False, outcomes=[outcome], ge_result=ge_result, row_count=0)
+
+
+def _column_named_in(problem: str) -> str | None:
+    """Return the canonical column a read error names, when it names exactly one."""
+    named = [column for column in INCREMENT_COLUMNS if re.search(rf"\b{column}\b", problem)]
+    return named[0] if len(named) == 1 else None

@@ -1,10 +1,10 @@
 """Online ranking: Feast online features for a user and candidate items, scored by a registry model.
 
-One ranking request reads the user's features with one Feast ``get_online_features`` call and
-the user x candidate features with one batched call. Item features change only when a day is
+One ranking request reads the user's features with one Feast online store call and the user x
+candidate features with one batched call. Item features change only when a day is
 materialized, so the service holds them as an in-memory snapshot (``ItemSnapshot``) that it
-re-reads after each materialization; with ``serving.item_features: online`` they are read in
-the same batched call as the user x candidate features instead.
+re-reads after each materialization; with ``serving.item_features: online`` they are read per
+request with one more batched call instead.
 
 ``ServingEngine`` holds the state a request needs (models, item snapshot, candidate source,
 search catalogue) in one immutable ``ServingState`` and replaces it as a whole from a watcher
@@ -34,7 +34,11 @@ import numpy as np
 import pandas as pd
 import pyarrow.dataset as pa_dataset
 import xgboost as xgb
-from feast import FeatureStore, RepoConfig
+from feast import FeatureStore, FeatureView
+from feast.errors import FeatureViewNotFoundException
+from feast.infra.provider import get_provider
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
+from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
 from freshrank.config import Settings
 from freshrank.errors import (
@@ -46,7 +50,7 @@ from freshrank.errors import (
     ServingUnavailableError,
 )
 from freshrank.feature_store import repo_config
-from freshrank.features import FEATURE_VIEWS, feature_columns
+from freshrank.features import ENTITY_KEYS, FEATURE_VIEWS, feature_columns
 from freshrank.warehouse import connect
 from models.ab import assign_variant
 from models.registry import CHAMPION_FILE, ModelRegistry
@@ -60,10 +64,8 @@ CONTROL, TREATMENT = "control", "treatment"
 """A/B variants: the champion, and the second version named in ``serving.ab``."""
 
 SNAPSHOT_BATCH_ITEMS = 2000
-"""Items per Feast call while the item-feature snapshot is read."""
+"""Items per online store call while the item-feature snapshot is read."""
 
-_PRESENT = 1
-"""``FieldStatus.PRESENT`` of Feast's serving protobuf: the entity has a row in the online store."""
 _NUMERIC_KINDS = frozenset({"double_val", "float_val", "int64_val", "int32_val", "bool_val"})
 _WORD = re.compile(r"\w+")
 
@@ -130,31 +132,16 @@ class FeatureBlock:
         return float(now - np.nanmin(self.event_ts[self.found]))
 
 
-def serving_repo_config(settings: Settings) -> RepoConfig:
-    """Build the home's Feast configuration with a registry cache that never expires by itself.
-
-    Feast's default file registry re-reads ``registry.db`` inside a ``get_online_features``
-    call when the file changed or the cache is 600 s old (Feast 0.67), which puts a registry
-    load into a request. The serving engine refreshes the registry from its watcher thread
-    instead (``OnlineFeatureReader.refresh_registry``).
-    """
-    base = repo_config(settings)
-    registry = {"path": base.registry.path, "cache_ttl_seconds": 0, "cache_mode": "thread"}
-    return RepoConfig(
-        project=base.project,
-        provider=base.provider,
-        registry=registry,
-        online_store=base.online_store,
-        offline_store=base.offline_store,
-        entity_key_serialization_version=base.entity_key_serialization_version,
-        repo_path=base.repo_path,
-    )
-
-
 class OnlineFeatureReader:
-    """Reads feature views from the Feast online store with ``FeatureStore.get_online_features``.
+    """Reads feature views from the Feast online store, one ``online_read`` call per view.
 
-    Each reader owns a ``FeatureStore`` and so its own online store connection. Feast's SQLite
+    ``online_read`` is the method every Feast online store implements (SQLite, Redis, ...),
+    reached through the provider of the home's Feast configuration. ``get_online_features``
+    calls it too, but then builds a response protobuf and converts values on top: for 100
+    user x item keys on SQLite that took 2.1 ms at the median against 0.8 ms for the
+    ``online_read`` call and its decoding here (Feast 0.67, 2 vCPUs shared with another job).
+
+    Each reader owns its provider and so its own online store connection. Feast's SQLite
     store keeps one connection per store object, so a thread that reads concurrently with the
     request path (the snapshot refresh) gets a reader of its own.
 
@@ -163,7 +150,7 @@ class OnlineFeatureReader:
         layout: Feature layout of the home.
 
     Raises:
-        FeatureStoreError: The home has no Feast registry yet.
+        FeatureStoreError: The home has no Feast registry yet, or a feature view is not applied.
     """
 
     def __init__(self, settings: Settings, layout: FeatureLayout) -> None:
@@ -174,52 +161,75 @@ class OnlineFeatureReader:
                 "so that feature views are applied and materialized before serving"
             )
         self.layout = layout
-        self.store = FeatureStore(config=serving_repo_config(settings), repo_path=str(settings.feast_dir))
-        self._refs = {view: [f"{view}:{name}" for name in names] for view, names in layout.view_columns.items()}
+        self.store = FeatureStore(config=repo_config(settings), repo_path=str(settings.feast_dir))
+        self.provider = get_provider(self.store.config)
+        self._views = self._feature_views()
 
     def refresh_registry(self) -> None:
-        """Re-read the Feast registry file (after a materialization or `feast apply`)."""
+        """Re-read the Feast registry file and the feature view definitions (after a materialization or `feast apply`)."""
         self.store.refresh_registry()
+        self._views = self._feature_views()
 
-    def read(self, views: Sequence[str], entities: Mapping[str, Sequence[str]]) -> dict[str, FeatureBlock]:
-        """Read several views for the same entity rows in one ``get_online_features`` call.
+    def _feature_views(self) -> dict[str, FeatureView]:
+        views = {}
+        for view in FEATURE_VIEWS:
+            try:
+                views[view] = self.store.get_feature_view(view, allow_registry_cache=True)
+            except FeatureViewNotFoundException as exc:
+                raise FeatureStoreError(
+                    f"feature view {view} is not in the Feast registry {self.store.config.registry.path}; "
+                    "run the daily loop so that the feature repo is applied"
+                ) from exc
+        return views
+
+    def read(self, view: str, entities: Mapping[str, Sequence[str]]) -> FeatureBlock:
+        """Read one view for a list of entities in one online store call.
 
         Args:
-            views: Feature views to read; each uses the join keys it needs from ``entities``.
-            entities: Columnar entity rows, e.g. ``{"user_id": [...], "item_id": [...]}``.
+            view: Feature view to read.
+            entities: Columnar entity rows holding the view's join keys, e.g.
+                ``{"user_id": [...], "item_id": [...]}``; other keys are ignored.
 
         Returns:
-            One block per view, rows in the order of ``entities``.
+            The view's features, rows in the order of ``entities``.
         """
-        refs = [ref for view in views for ref in self._refs[view]]
-        response = self.store.get_online_features(features=refs, entity_rows=dict(entities))
-        rows = len(next(iter(entities.values())))
-        return {view: _parse_view(response.proto, self.layout.view_columns[view], rows) for view in views}
+        join_keys = list(ENTITY_KEYS[view])
+        columns = [entities[key] for key in join_keys]
+        entity_keys = [
+            EntityKeyProto(join_keys=join_keys, entity_values=[ValueProto(string_val=value) for value in values])
+            for values in zip(*columns)
+        ]
+        names = self.layout.view_columns[view]
+        rows = self.provider.online_read(
+            config=self.store.config, table=self._views[view], entity_keys=entity_keys, requested_features=list(names)
+        )
+        return _block_from_rows(rows, names)
 
 
-def _parse_view(proto, names: Sequence[str], rows: int) -> FeatureBlock:
-    """Turn one view's columns of a ``GetOnlineFeaturesResponse`` into a float block.
+def _block_from_rows(rows: Sequence[tuple], names: Sequence[str]) -> FeatureBlock:
+    """Turn ``online_read`` rows of ``(event_timestamp, {feature: ValueProto})`` into a float block.
 
-    Reading the protobuf directly skips ``OnlineResponse.to_dict``, which converts every value
-    to a Python object first. Only values whose status is PRESENT are decoded.
+    An entity is found when its row has an event timestamp after the epoch: the SQLite store
+    returns ``(None, None)`` for a missing entity, the Redis store a dict of empty values
+    stamped at the epoch.
     """
-    column_of = {name: position for position, name in enumerate(proto.metadata.feature_names.val)}
-    values = np.full((rows, len(names)), np.nan)
-    found = np.zeros(rows, dtype=bool)
-    event_ts = np.full(rows, np.nan)
-    for j, name in enumerate(names):
-        vector = proto.results[column_of[name]]
-        present = [row for row, status in enumerate(vector.statuses) if status == _PRESENT]
-        for row in present:
-            value = vector.values[row]
-            kind = value.WhichOneof("val")
-            if kind in _NUMERIC_KINDS:
-                values[row, j] = getattr(value, kind)
-        if j == 0 and present:
-            found[present] = True
-            for row in present:
-                stamp = vector.event_timestamps[row]
-                event_ts[row] = stamp.seconds + stamp.nanos / 1e9
+    values = np.full((len(rows), len(names)), np.nan)
+    found = np.zeros(len(rows), dtype=bool)
+    event_ts = np.full(len(rows), np.nan)
+    for row, (stamp, data) in enumerate(rows):
+        if data is None or stamp is None:
+            continue
+        seconds = stamp.timestamp()
+        if seconds <= 0:
+            continue
+        found[row] = True
+        event_ts[row] = seconds
+        for j, name in enumerate(names):
+            value = data.get(name)
+            if value is not None:
+                kind = value.WhichOneof("val")
+                if kind in _NUMERIC_KINDS:
+                    values[row, j] = getattr(value, kind)
     return FeatureBlock(values=values, found=found, event_ts=event_ts)
 
 
@@ -281,7 +291,7 @@ def read_item_snapshot(
     blocks = []
     for start in range(0, len(item_ids), SNAPSHOT_BATCH_ITEMS):
         batch = list(item_ids[start : start + SNAPSHOT_BATCH_ITEMS])
-        blocks.append(reader.read([ITEM_VIEW], {"item_id": batch})[ITEM_VIEW])
+        blocks.append(reader.read(ITEM_VIEW, {"item_id": batch}))
     blocks.append(FeatureBlock.missing(1, len(names)))
     block = FeatureBlock(
         values=np.vstack([b.values for b in blocks]),
@@ -400,8 +410,8 @@ def rank_candidates(
 ) -> RankResult:
     """Look up the features of one user and its candidates and rank the candidates with ``model``.
 
-    Two Feast calls: one for the user, and one batched call for all candidates (user x item
-    features, plus item features when there is no snapshot).
+    Two online store calls: one for the user, and one batched call for the user x item
+    features of all candidates; without a snapshot a third batched call reads their item features.
 
     Args:
         reader: Online feature reader of the request path.
@@ -411,14 +421,10 @@ def rank_candidates(
         snapshot: Item features held in memory; None reads them online.
     """
     layout = reader.layout
-    user = reader.read([USER_VIEW], {"user_id": [user_id]})[USER_VIEW]
+    user = reader.read(USER_VIEW, {"user_id": [user_id]})
     candidates = {"user_id": [user_id] * len(item_ids), "item_id": list(item_ids)}
-    if snapshot is None:
-        blocks = reader.read([ITEM_VIEW, PAIR_VIEW], candidates)
-        items, pairs = blocks[ITEM_VIEW], blocks[PAIR_VIEW]
-    else:
-        pairs = reader.read([PAIR_VIEW], candidates)[PAIR_VIEW]
-        items = snapshot.take(item_ids)
+    pairs = reader.read(PAIR_VIEW, candidates)
+    items = reader.read(ITEM_VIEW, candidates) if snapshot is None else snapshot.take(item_ids)
     matrix = score_matrix(layout, user, items, pairs)
     scores = np.asarray(model.booster.inplace_predict(matrix, validate_features=False), dtype=np.float64)
     order = np.argsort(-scores, kind="stable")
@@ -847,6 +853,11 @@ class ServingEngine:
         return self._state
 
     @property
+    def current_state(self) -> ServingState | None:
+        """The current state, or None before ``start`` (for metrics that must not fail)."""
+        return self._state
+
+    @property
     def reader(self) -> OnlineFeatureReader:
         """Online feature reader of the request path."""
         if self._reader is None:
@@ -1051,9 +1062,10 @@ def online_feature_frame(settings: Settings, user_id: str, item_ids: list[str]) 
     check_candidates(item_ids)
     layout = FeatureLayout.from_settings(settings)
     reader = OnlineFeatureReader(settings, layout)
-    user = reader.read([USER_VIEW], {"user_id": [user_id]})[USER_VIEW]
-    blocks = reader.read([ITEM_VIEW, PAIR_VIEW], {"user_id": [user_id] * len(item_ids), "item_id": list(item_ids)})
-    matrix = score_matrix(layout, user, blocks[ITEM_VIEW], blocks[PAIR_VIEW], dtype=np.float64)
+    user = reader.read(USER_VIEW, {"user_id": [user_id]})
+    candidates = {"user_id": [user_id] * len(item_ids), "item_id": list(item_ids)}
+    items, pairs = reader.read(ITEM_VIEW, candidates), reader.read(PAIR_VIEW, candidates)
+    matrix = score_matrix(layout, user, items, pairs, dtype=np.float64)
     frame = pd.DataFrame(matrix, columns=list(layout.model_columns))
     frame.insert(0, "item_id", list(item_ids))
     frame.insert(0, "user_id", user_id)

@@ -149,3 +149,56 @@ def core_land() -> Callable[..., Path]:
 def core_feature_days() -> tuple[date, ...]:
     """``CORE_FEATURE_DAYS``: the days whose features ``core_tiny_home`` contains."""
     return CORE_FEATURE_DAYS
+
+
+def _start_redis(executable: str, folder: Path):
+    """Start redis-server on a free 127.0.0.1 port and poll PING until it answers; return (process, port)."""
+    import socket
+    import subprocess
+    import time
+
+    import redis
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [executable, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(folder)]
+    with open(folder / f"redis-{port}.log", "wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1)
+    deadline = time.monotonic() + 30
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            if client.ping():
+                return process, port
+        except redis.ConnectionError:
+            time.sleep(0.02)  # poll interval until the server accepts connections
+    process.kill()
+    process.wait()
+    output = (folder / f"redis-{port}.log").read_text(errors="replace")
+    raise RuntimeError(f"redis-server on port {port} did not answer PING (exit code {process.returncode}): {output[-2000:]}")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory):
+    """A redis-server on 127.0.0.1 at a free port, without persistence; yields ``"127.0.0.1:<port>"``."""
+    import shutil
+
+    executable = shutil.which("redis-server")
+    if executable is None:
+        pytest.skip("redis-server is not on PATH; install it (apt-get install redis-server) to run the Redis online store tests")
+    folder = tmp_path_factory.mktemp("redis")
+    attempts = 3
+    for attempt in range(attempts):
+        try:
+            process, port = _start_redis(executable, folder)
+            break
+        except RuntimeError:
+            # Another process may have taken the probed port before redis-server bound it.
+            if attempt == attempts - 1:
+                raise
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
