@@ -215,12 +215,29 @@ def lineage(version: str, home: Optional[Path] = HomeOption) -> None:
 
 
 @app.command()
-def alerts(home: Optional[Path] = HomeOption) -> None:
-    """List data-quality and drift alerts, oldest first."""
-    from freshrank.alerts import read_alerts
+def alerts(
+    kind: Optional[str] = typer.Option(None, help="Only this kind: data_quality, drift, check_failed, quarantine_released or webhook_failed."),
+    day: Optional[str] = typer.Option(None, help="Only alerts about this day, YYYY-MM-DD."),
+    details: bool = typer.Option(False, "--details", help="Also print each alert's numbers and paths."),
+    as_json: bool = typer.Option(False, "--json", help="Print the records as JSON Lines, exactly as stored."),
+    home: Optional[Path] = HomeOption,
+) -> None:
+    """List every alert, oldest first: data quality, drift, failed checks, releases and webhook failures."""
+    from freshrank.alerts import alerts_path, read_alerts
 
-    for alert in read_alerts(_settings(home)):
-        console.print(f"{alert['time']}  {alert['kind']:<12} {alert['day']}  {alert['message']}")
+    settings = _settings(home)
+    records = read_alerts(settings, kind=kind, day=_day(day).isoformat() if day else None)
+    if as_json:
+        for record in records:
+            typer.echo(json.dumps(record, default=str, ensure_ascii=False))
+        return
+    if not records:
+        console.print(f"no alerts in {alerts_path(settings)}", highlight=False)
+        return
+    for record in records:
+        console.print(f"{record['time']}  {record['kind']:<19} {record['day']}  {record['message']}", markup=False, highlight=False)
+        if details and record.get("details"):
+            console.print("    " + json.dumps(record["details"], default=str, ensure_ascii=False), markup=False, highlight=False)
 
 
 @app.command()

@@ -42,7 +42,7 @@ class FeatureConfig(_Strict):
 class ValidationConfig(_Strict):
     """Thresholds of the increment validation suite."""
 
-    max_duplicate_share: float = 0.05
+    max_duplicate_share: float = 0.1
     """Largest share of exact duplicate rows in an increment, as a fraction of its rows."""
     volume_trailing_days: int = 7
     """Number of earlier published days whose mean row count is the volume reference."""

@@ -218,16 +218,23 @@ class RunningService:
 class Client:
     """A keep-alive HTTP/1.1 client (``http.client``) for one thread."""
 
+    IDLE_RECONNECT_S = 2.0
+    """Idle seconds after which the connection is reopened: uvicorn closes idle keep-alive connections after 5 s."""
+
     def __init__(self, port: int) -> None:
         self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        self.last_used = time.monotonic()
 
     def call(self, method: str, path: str, body: object = None) -> tuple[int, object]:
         """Send a request; dict and list bodies go as JSON, str bodies as they are. Return status and parsed body."""
         payload = body if body is None or isinstance(body, str) else json.dumps(body)
         headers = {"content-type": "application/json"} if payload is not None else {}
+        if time.monotonic() - self.last_used > self.IDLE_RECONNECT_S:
+            self.connection.close()
         self.connection.request(method, path, payload, headers)
         response = self.connection.getresponse()
         data = response.read().decode()
+        self.last_used = time.monotonic()
         content_type = response.getheader("content-type", "")
         return response.status, json.loads(data) if content_type.startswith("application/json") else data
 
