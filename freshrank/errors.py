@@ -74,3 +74,7 @@ class RequestLogError(FreshrankError):
 
 class QuarantineError(FreshrankError):
     """A quarantined increment is not found, or a release of it cannot be honoured."""
+
+
+class ReportError(FreshrankError):
+    """A report cannot be written: the home has no landed or processed day up to the requested one."""

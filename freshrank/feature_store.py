@@ -13,6 +13,7 @@ from feast import FeatureStore, RepoConfig
 
 from freshrank.config import Settings
 from freshrank.errors import FeatureStoreError
+from freshrank.faults import crash_point
 from freshrank.features import ENTITY_KEYS, FEATURE_VIEWS, feature_columns, partition_path
 from freshrank.increments import day_bounds
 
@@ -97,6 +98,7 @@ def materialize_day(settings: Settings, day: date, store: FeatureStore | None = 
         store.materialize(start_date=start, end_date=end, feature_views=list(FEATURE_VIEWS))
     else:
         bulk_materialize(settings, store, day, newest)
+    crash_point("feature_store.after_materialize")
     return start, end
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from freshrank.config import FeatureConfig
+from freshrank.faults import crash_point
 from freshrank.increments import day_bounds
 from freshrank.warehouse import connect
 
@@ -237,6 +238,7 @@ def write_feature_partition(
             {"as_of": as_of},
         )
         rows = con.execute(f"SELECT count(*) FROM read_parquet('{temporary}')").fetchone()[0]
+    crash_point("features.before_replace")
     os.replace(temporary, target)
     logger.info("wrote %s rows of %s for %s to %s", rows, view, day, target)
     return FeaturePartition(view=view, day=day.isoformat(), path=target, rows=int(rows))

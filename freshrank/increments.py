@@ -397,6 +397,7 @@ def _read_csv(path: Path, text: str, cleaning: _Cleaning) -> tuple[pd.DataFrame,
     records: list[list[str]] = []
     lines: list[int] = []
     try:
+        start = 1
         header = next(reader)
         width = len(header)
         start = reader.line_num + 1
@@ -407,7 +408,7 @@ def _read_csv(path: Path, text: str, cleaning: _Cleaning) -> tuple[pd.DataFrame,
             if len(record) != width:
                 raise IncrementError(
                     path,
-                    f"line {start}: {len(record)} fields, but the header has {width}",
+                    f"line {start}: {len(record)} field(s), but the header has {width}",
                     "Quote every field that contains a comma, and check that the line is complete "
                     "(a file cut short ends with a partial line).",
                 )
@@ -417,7 +418,7 @@ def _read_csv(path: Path, text: str, cleaning: _Cleaning) -> tuple[pd.DataFrame,
     except csv.Error as exc:
         raise IncrementError(
             path,
-            f"line {reader.line_num}: invalid CSV: {exc}",
+            f"invalid CSV in the record that starts on line {start}: {exc}",
             "Close every quoted field with a double quote, and write a quote inside a quoted field as two quotes.",
         ) from exc
     columns = _clean_header(path, header, cleaning)
@@ -543,6 +544,11 @@ def _first_bad(mask: pd.Series) -> int:
     return int(mask.to_numpy().nonzero()[0][0])
 
 
+def _shown(value: object) -> str:
+    """Quote a cell value for an error message, numpy scalars as plain Python values."""
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
 def _to_utc_timestamps(
     column: pd.Series, path: Path, zone: ZoneInfo, rows: np.ndarray, cleaning: _Cleaning
 ) -> pd.Series:
@@ -567,7 +573,7 @@ def _to_utc_timestamps(
         row = _first_bad(bad)
         raise IncrementError(
             path,
-            f"row {rows[row]}: column event_time has unparseable or missing value {column.iloc[row]!r}",
+            f"row {rows[row]}: column event_time has unparseable or missing value {_shown(column.iloc[row])}",
             "Write event_time as ISO-8601 text (2011-01-05T08:26:00Z) or a timestamp column.",
         )
     return parsed.dt.tz_convert("UTC").astype("datetime64[us, UTC]")
@@ -591,8 +597,8 @@ def _require_all_numeric(column: pd.Series, text: pd.Series, numeric: pd.Series,
         row, number_row = _first_bad(mixed), _first_bad(numeric)
         raise IncrementError(
             path,
-            f"row {rows[row]}: event_time {column.iloc[row]!r} is text, but row {rows[number_row]} holds the "
-            f"Unix epoch number {column.iloc[number_row]!r}",
+            f"row {rows[row]}: event_time {_shown(column.iloc[row])} is text, but row {rows[number_row]} holds the "
+            f"Unix epoch number {_shown(column.iloc[number_row])}",
             "Write every event_time of a file in one form: ISO-8601 text, or numbers in one epoch unit.",
         )
 
@@ -610,9 +616,9 @@ def _from_epoch(
         other = int((present & (unit_index != unit_index[first])).nonzero()[0][0])
         raise IncrementError(
             path,
-            f"row {rows[other]}: event_time {original.iloc[other]!r} looks like "
+            f"row {rows[other]}: event_time {_shown(original.iloc[other])} looks like "
             f"{_EPOCH_UNITS[unit_index[other]][1]} since the Unix epoch, but row {rows[first]}'s "
-            f"{original.iloc[first]!r} looks like {_EPOCH_UNITS[unit_index[first]][1]}",
+            f"{_shown(original.iloc[first])} looks like {_EPOCH_UNITS[unit_index[first]][1]}",
             "Write every event_time of a file in one unit (or as ISO-8601 text), so that seconds and "
             "milliseconds cannot be confused.",
         )
@@ -641,7 +647,7 @@ def _localize(local: pd.Series, original: pd.Series, path: Path, zone: ZoneInfo,
         row = int(invalid.index[_first_bad(invalid)])
         raise IncrementError(
             path,
-            f"row {rows[row]}: event_time {original.loc[row]!r} does not exist or is ambiguous in {zone.key}",
+            f"row {rows[row]}: event_time {_shown(original.loc[row])} does not exist or is ambiguous in {zone.key}",
             "Give the timestamp with its UTC offset.",
         )
     return localized.dt.tz_convert("UTC")
@@ -677,7 +683,7 @@ def _to_ids(
             row = _first_bad(column.notna() & (column != column.round()))
             raise IncrementError(
                 path,
-                f"row {rows[row]}: column {name} holds non-integral number {column.iloc[row]!r}",
+                f"row {rows[row]}: column {name} holds non-integral number {_shown(column.iloc[row])}",
                 "Write ids as strings.",
             )
         column = column.astype("Int64")
@@ -722,14 +728,14 @@ def _to_floats(
             row = _first_bad(bad)
             raise IncrementError(
                 path,
-                f"row {rows[row]}: column {name} has non-numeric value {column.iloc[row]!r}",
+                f"row {rows[row]}: column {name} has non-numeric value {_shown(column.iloc[row])}",
                 f"Write {name} as a number, or leave it empty.",
             )
     infinite = pd.Series(np.isinf(numbers.to_numpy()), index=numbers.index)
     if infinite.any():
         row = _first_bad(infinite)
         raise IncrementError(
-            path, f"row {rows[row]}: column {name} is infinite ({column.iloc[row]!r})", f"Write {name} as a finite number."
+            path, f"row {rows[row]}: column {name} is infinite ({_shown(column.iloc[row])})", f"Write {name} as a finite number."
         )
     if default is not None:
         numbers = numbers.fillna(default)

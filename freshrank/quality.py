@@ -100,12 +100,19 @@ def validate_staged(settings: Settings, day: date) -> QualityOutcome:
     return QualityOutcome(result, version, report_paths, quarantine, release)
 
 
+def validation_clock() -> datetime:
+    """Return the time against which event times are checked for lying in the future (UTC)."""
+    return datetime.now(timezone.utc)
+
+
 def _judge(settings: Settings, day: date, meta: dict) -> ValidationResult:
     if meta.get("read_error"):
         return unreadable_result(day, meta["read_error"], meta["files"])
     increment = load_staged(settings, day, check_validation=False)
     trailing = published_row_counts(settings.warehouse_path, day, settings.validation.volume_trailing_days)
-    result = validate_increment(increment.frame, day, settings.timezone, settings.validation, trailing)
+    result = validate_increment(
+        increment.frame, day, settings.timezone, settings.validation, trailing, now=validation_clock()
+    )
     result.cleaning = dict(increment.cleaning)
     result.notes = list(increment.notes)
     return result
@@ -119,7 +126,8 @@ def failure_summary(result: ValidationResult) -> str:
             parts.append(f"unreadable: {outcome.note}")
             continue
         column = f" on {outcome.column}" if outcome.column else ""
-        parts.append(f"{outcome.expectation}{column} (observed {json.dumps(outcome.observed, default=str)})")
+        observed = f"observed {json.dumps(outcome.observed, default=str)}, threshold {json.dumps(outcome.threshold, default=str)}"
+        parts.append(f"{outcome.expectation}{column}: {outcome.note or observed}")
     return "; ".join(parts)
 
 

@@ -634,9 +634,25 @@ def _fill_column_values_outcome(outcome: ExpectationOutcome, kwargs: dict, detai
     outcome.threshold = _column_values_threshold(outcome.expectation_type, kwargs)
     if unexpected:
         element_count = int(details.get("element_count") or 0)
-        outcome.note = f"{unexpected} of {element_count} rows are unexpected."
         positions = details.get("partial_unexpected_index_list") or []
         outcome.unexpected_examples = _example_rows(frame, positions[:EXAMPLE_ROWS])
+        values = _distinct_examples(frame, outcome.column, positions)
+        accepted = ", ".join(f"{key} {json.dumps(value, default=str)}" for key, value in outcome.threshold.items())
+        outcome.note = f"{unexpected} of {element_count} rows are unexpected"
+        outcome.note += f", for example {values}" if values else ""
+        outcome.note += f"; accepted: {accepted}." if accepted else "."
+
+
+def _distinct_examples(frame: pd.DataFrame, column: str | None, positions: list) -> str:
+    """Quote up to three distinct offending values of a column, long text cut short."""
+    if column is None or column not in frame.columns or not positions:
+        return ""
+    shown: list[str] = []
+    for value in frame[column].iloc[list(positions)]:
+        text = "null" if pd.isna(value) else repr(_short(value.isoformat() if hasattr(value, "isoformat") else str(value)))
+        if text not in shown:
+            shown.append(text)
+    return ", ".join(shown[:3])
 
 
 def _column_values_threshold(expectation_type: str, kwargs: dict) -> dict:
@@ -647,7 +663,11 @@ def _column_values_threshold(expectation_type: str, kwargs: dict) -> dict:
         return {"allowed_values": kwargs["value_set"]}
     if expectation_type == "expect_column_values_to_not_be_in_set":
         return {"forbidden_values": kwargs["value_set"]}
-    return {key: value for key, value in kwargs.items() if key not in _DOMAIN_KWARGS}
+    if expectation_type == "expect_column_values_to_not_match_regex":
+        return {"forbidden_pattern": kwargs["regex"]}
+    if expectation_type == "expect_column_value_lengths_to_be_between":
+        return {"max_length": kwargs.get("max_value")}
+    return {key: value for key, value in kwargs.items() if key not in _DOMAIN_KWARGS and value is not None}
 
 
 def _example_rows(frame: pd.DataFrame, positions: Any) -> list[dict]:

@@ -20,6 +20,7 @@ import duckdb
 import pandas as pd
 
 from freshrank.errors import IncrementError
+from freshrank.faults import crash_point
 from freshrank.increments import Increment, day_bounds, locate_row
 from freshrank.schema import EVENT_TYPES
 
@@ -104,6 +105,7 @@ def publish_increment(path: Path, increment: Increment, timezone_name: str) -> P
             con.execute("BEGIN TRANSACTION")
             con.execute("DELETE FROM events WHERE event_day = ?", [day])
             con.execute("DELETE FROM returns WHERE event_day = ?", [day])
+            crash_point("warehouse.after_delete")
             con.execute(
                 "CREATE OR REPLACE TEMP TABLE clean_rows AS SELECT DISTINCT ?::DATE AS event_day, * FROM increment_rows",
                 [day],
@@ -144,6 +146,7 @@ def publish_increment(path: Path, increment: Increment, timezone_name: str) -> P
                 ],
             )
             con.execute("DROP TABLE clean_rows")
+            crash_point("warehouse.before_commit")
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from freshrank.config import Settings
+from freshrank.faults import crash_point
 from freshrank.feature_store import model_feature_names
 from freshrank.training_rows import read_training_rows, stored_training_days
 from freshrank.warehouse import connect
@@ -138,6 +139,7 @@ def train_challenger(settings: Settings, day: date) -> ChallengerResult:
     result.challenger_holdout = score(booster, holdout, settings)
     if champion is not None:
         result.champion_holdout = score(registry.load(champion), holdout, settings)
+    crash_point("lifecycle.before_register")
     result.version = registry.register(
         booster,
         day=day.isoformat(),

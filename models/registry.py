@@ -34,6 +34,7 @@ from pathlib import Path
 import xgboost as xgb
 
 from freshrank.errors import ModelRegistryError
+from freshrank.faults import crash_point
 from freshrank.schema import DAY_FORMAT
 from models.training import tree_count
 
@@ -272,6 +273,7 @@ class ModelRegistry:
         """
         with self._writer_lock():
             self._existing_version_dir(version)
+            crash_point("registry.before_pointer")
             self._move_pointer("deploy", version, reason=reason, lineage=lineage)
 
     def rollback(self, version: str | None = None, *, reason: str = "rollback") -> str:
@@ -415,6 +417,7 @@ class ModelRegistry:
         }
         pointer = {"version": version, "previous": previous, "reason": reason, "deployed_at": event["at"]}
         _write_json_atomically(self.root / CHAMPION_FILE, _to_json(pointer, version))
+        crash_point("registry.after_pointer")
         _append_line(self.root / DEPLOYMENTS_FILE, json.dumps(event, sort_keys=True, default=_json_default))
         logger.info("%s: champion %s -> %s (%s)", kind, previous, version, reason)
 

@@ -1,29 +1,35 @@
 """The alert sensor: failed asset checks and drift over the threshold become alerts.
 
-The sensor reads the Dagster event log after its cursor, so every check evaluation and
-drift materialization is looked at once. Alerts carry keys: a failure of
-``check_increment_valid`` gets the same key as the alert ``validate_staged`` raised for the
-quarantined version, and a drift alert the key of ``drift_alert_key``, so the log holds each
-alert once however many times the sensor, a rerun or the asset itself reports it.
+The sensor reads the asset check executions and the ``prediction_drift`` materializations
+recorded after its cursor. Alerts carry keys: a failure of ``check_increment_valid`` gets the
+same key as the alert ``validate_staged`` raised for the quarantined version, and a drift
+alert the key of ``drift_alert_key``, so the log holds each alert once however many times the
+sensor, a rerun or the asset itself reports it. That also makes it safe to look at an
+execution twice, which the cursor allows for a check still running at the last tick.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from dagster import (
+    AssetCheckKey,
     AssetKey,
     AssetRecordsFilter,
-    DagsterEventType,
     DagsterInstance,
     DefaultSensorStatus,
-    EventRecordsFilter,
     SensorDefinition,
     SensorEvaluationContext,
     SkipReason,
     sensor,
+)
+from dagster._core.storage.asset_check_execution_record import (
+    AssetCheckExecutionRecord,
+    AssetCheckExecutionRecordStatus,
 )
 
 from freshrank.alerts import CHECK_FAILED, DATA_QUALITY, DRIFT, drift_alert_key, quarantine_alert_key, raise_alert
@@ -36,13 +42,23 @@ INCREMENT_CHECK = ("increment", "check_increment_valid")
 """Asset and name of the blocking validation check, whose failures are data-quality alerts."""
 DRIFT_ASSET = "prediction_drift"
 EVENTS_PER_TICK = 500
-"""Most check evaluations and drift materializations read per tick; the rest wait for the next one."""
+"""Most drift materializations read per tick, and the page size of check executions."""
+ABANDONED_CHECK_SECONDS = 86400.0
+"""Age after which a check execution still planned, in a run that never finished, is passed over."""
 _TEXT_METADATA_CHARACTERS = 500
+
+
+def _increment_check_key() -> AssetCheckKey:
+    return AssetCheckKey(AssetKey(INCREMENT_CHECK[0]), INCREMENT_CHECK[1])
 
 
 @dataclass
 class AlertCursor:
-    """Storage ids of the last check evaluation and the last drift materialization looked at."""
+    """Ids up to which check executions and drift materializations were looked at.
+
+    ``checks`` is an id of Dagster's asset check execution table: executions up to it are
+    finished (or abandoned), and those after it are read again at the next tick.
+    """
 
     checks: int = 0
     drift: int = 0
@@ -69,7 +85,9 @@ def build_alert_sensor(settings: Settings) -> SensorDefinition:
     )
     def alert_sensor(context: SensorEvaluationContext) -> SkipReason:
         cursor = AlertCursor.parse(context.cursor)
-        raised = scan_for_alerts(load_settings(settings.home), context.instance, cursor)
+        repository = context.repository_def
+        check_keys = repository.asset_graph.asset_check_keys if repository is not None else None
+        raised = scan_for_alerts(load_settings(settings.home), context.instance, cursor, check_keys)
         context.update_cursor(cursor.serialize())
         if not raised:
             return SkipReason("no new failed check or drift over threshold")
@@ -78,28 +96,82 @@ def build_alert_sensor(settings: Settings) -> SensorDefinition:
     return alert_sensor
 
 
-def scan_for_alerts(settings: Settings, instance: DagsterInstance, cursor: AlertCursor) -> list[dict]:
-    """Raise alerts for the events after ``cursor`` and move the cursor past them.
+def scan_for_alerts(
+    settings: Settings,
+    instance: DagsterInstance,
+    cursor: AlertCursor,
+    check_keys: Iterable[AssetCheckKey] | None = None,
+) -> list[dict]:
+    """Raise alerts for the check executions and drift materializations after ``cursor``, and move it.
+
+    Args:
+        settings: Settings of the home whose alerts log receives the alerts.
+        instance: The Dagster instance whose records are read.
+        cursor: Where the last scan stopped; updated in place.
+        check_keys: The asset checks to look at; default the increment validation check.
 
     Returns:
         The alert records of this scan, earlier records included when their key was already taken.
     """
-    return _scan_checks(settings, instance, cursor) + _scan_drift(settings, instance, cursor)
+    keys = list(check_keys) if check_keys is not None else [_increment_check_key()]
+    return _scan_checks(settings, instance, cursor, keys) + _scan_drift(settings, instance, cursor)
 
 
-def _scan_checks(settings: Settings, instance: DagsterInstance, cursor: AlertCursor) -> list[dict]:
-    records = instance.event_log_storage.get_event_records(
-        EventRecordsFilter(event_type=DagsterEventType.ASSET_CHECK_EVALUATION, after_cursor=cursor.checks),
-        limit=EVENTS_PER_TICK,
-        ascending=True,
-    )
+def _scan_checks(
+    settings: Settings, instance: DagsterInstance, cursor: AlertCursor, check_keys: list[AssetCheckKey]
+) -> list[dict]:
     raised = []
-    for record in records:
-        cursor.checks = max(cursor.checks, record.storage_id)
-        evaluation = record.event_log_entry.dagster_event.event_specific_data
-        if not evaluation.passed:
-            raised.append(_alert_for_check(settings, evaluation, record.run_id))
+    newest_done = cursor.checks
+    oldest_open: int | None = None
+    for key in sorted(check_keys, key=lambda item: item.to_user_string()):
+        for record in _executions_after(instance, key, cursor.checks):
+            if record.status == AssetCheckExecutionRecordStatus.PLANNED:
+                if not _abandoned(instance, record):
+                    oldest_open = record.id if oldest_open is None else min(oldest_open, record.id)
+                    continue
+                raised.append(_alert_for_unfinished_check(settings, record))
+            elif record.status == AssetCheckExecutionRecordStatus.FAILED:
+                raised.append(_alert_for_check(settings, record.event.dagster_event.event_specific_data, record.run_id))
+            newest_done = max(newest_done, record.id)
+    # Stop before the oldest execution still running, so its outcome is read at a later tick.
+    cursor.checks = newest_done if oldest_open is None else min(newest_done, oldest_open - 1)
     return raised
+
+
+def _executions_after(instance: DagsterInstance, key: AssetCheckKey, after_id: int) -> list[AssetCheckExecutionRecord]:
+    """Return the executions of one check with an id above ``after_id``, oldest first."""
+    found: list[AssetCheckExecutionRecord] = []
+    page_cursor = None
+    while True:
+        page = instance.event_log_storage.get_asset_check_execution_history(key, limit=EVENTS_PER_TICK, cursor=page_cursor)
+        newer = [record for record in page if record.id > after_id]
+        found.extend(newer)
+        if len(page) < EVENTS_PER_TICK or len(newer) < len(page):
+            break
+        page_cursor = page[-1].id
+    return sorted(found, key=lambda record: record.id)
+
+
+def _abandoned(instance: DagsterInstance, record: AssetCheckExecutionRecord) -> bool:
+    """Whether a planned execution will never finish: its run ended, or it is older than a day."""
+    run = instance.get_run_by_id(record.run_id)
+    if run is not None and run.is_finished:
+        return True
+    return time.time() - record.create_timestamp > ABANDONED_CHECK_SECONDS
+
+
+def _alert_for_unfinished_check(settings: Settings, record: AssetCheckExecutionRecord) -> dict:
+    asset, check = record.key.asset_key.to_user_string(), record.key.name
+    partition = record.partition or "unpartitioned"
+    return raise_alert(
+        settings,
+        CHECK_FAILED,
+        partition,
+        f"asset check {asset}:{check} did not complete for {partition}: its step failed or its run was "
+        f"interrupted (run {record.run_id}); see the run's logs",
+        {"asset": asset, "check": check, "run_id": record.run_id},
+        key=f"{CHECK_FAILED}:{asset}:{check}:{partition}:{record.run_id}",
+    )
 
 
 def _alert_for_check(settings: Settings, evaluation, run_id: str) -> dict:
@@ -143,12 +215,16 @@ def _scan_drift(settings: Settings, instance: DagsterInstance, cursor: AlertCurs
                 settings,
                 DRIFT,
                 day,
-                f"drift share {share} over threshold {threshold} on {day} (model {model})",
+                f"drift share {_number(share)} over threshold {_number(threshold)} on {day} (model {model})",
                 {"model_version": model, "drift_share": share, "threshold": threshold, "report": metadata.get("report")},
                 key=drift_alert_key(day, model if isinstance(model, str) else None),
             )
         )
     return raised
+
+
+def _number(value: object) -> str:
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
 
 
 def _plain_metadata(metadata) -> dict:

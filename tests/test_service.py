@@ -72,8 +72,10 @@ def copy_home(base: Path, target: Path, *, redis: str | None = None) -> Settings
         settings = settings.model_copy(update={"online_store": settings.online_store.model_copy(update={"type": "redis", "connection_string": redis})})
         save_settings(settings)
         settings = load_settings(target)
+        # Without the copied SQLite file, a read that missed Redis would fail instead of passing.
+        (settings.feast_dir / "online.db").unlink()
         store = open_store(settings)
-        for day in sorted({date for date in landed_days(base / "landing")}):
+        for day in landed_days(base / "landing"):
             materialize_day(settings, day, store)
     write_catalogue_titles(settings)
     return settings

@@ -50,7 +50,7 @@ def ab_report_command(
 
     report = ab_report(load_settings(home), horizon_hours=horizon_hours, log_path=log)
     if as_json:
-        console.print(json.dumps(report.to_dict(), indent=2), highlight=False)
+        typer.echo(json.dumps(report.to_dict(), indent=2))
         return
     table = Table(title=f"A/B report: purchases within {horizon_hours:g} h of a request ({report.log_path})")
     for column in ("variant", "models", "requests", "users", "conversion", "hit rate", "MRR", "ranked items bought"):
