@@ -504,13 +504,14 @@ def _validation_html(summary: DaySummary, base: Path) -> str:
     link = _link(summary.validation_dir / "validation.md", "report", base) if summary.validation_dir else ""
     if summary.validation_passed:
         return f"<span class='good'>passed</span> ({summary.validation.get('row_count', 0):,} rows) {link}"
-    failed = "; ".join(_expectation_text(outcome) for outcome in summary.failed_expectations)
+    failed = "; ".join(expectation_text(outcome) for outcome in summary.failed_expectations)
     return f"<span class='bad'>failed</span>: {_e(failed)} {link}"
 
 
-def _expectation_text(outcome: dict) -> str:
+def expectation_text(outcome: dict) -> str:
+    """Return one failed expectation as ``name on column: observed ..., threshold ...``."""
     column = f" on {outcome['column']}" if outcome.get("column") else ""
-    return f"{outcome['expectation']}{column}: observed {_compact(outcome.get('observed'))}, threshold {_compact(outcome.get('threshold'))}"
+    return f"{outcome['expectation']}{column}: observed {compact_value(outcome.get('observed'))}, threshold {compact_value(outcome.get('threshold'))}"
 
 
 def _gate_html(deployment: dict) -> str:
@@ -590,7 +591,7 @@ def _quarantine_section(days: list[DaySummary], base: Path) -> str:
     for entry in entries:
         validation_file = entry.folder / "validation.json"
         validation = json.loads(validation_file.read_text()) if validation_file.exists() else None
-        failed = "<br>".join(_e(_expectation_text(outcome)) for outcome in failed_outcomes(validation)) or "-"
+        failed = "<br>".join(_e(expectation_text(outcome)) for outcome in failed_outcomes(validation)) or "-"
         released = "released" if entry.release else ("interrupted quarantine" if not entry.complete else "held")
         rows.append(
             f"<tr><td>{_e(entry.day)}</td><td>{_e(entry.data_version)}</td><td>{_e(entry.record.get('quarantined_at', '-'))}</td>"
@@ -631,7 +632,8 @@ def _number_cell(value: object, digits: int = 3) -> str:
     return f"<td class='num'>{_e(_number(value, digits))}</td>"
 
 
-def _compact(value: object) -> str:
+def compact_value(value: object) -> str:
+    """Return a string as it is and any other value as compact JSON."""
     return value if isinstance(value, str) else json.dumps(value, default=str)
 
 

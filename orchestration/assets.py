@@ -37,6 +37,7 @@ from models import lifecycle
 from models.training import predict
 from orchestration.metadata import clean_metadata
 from orchestration.partitions import daily_partitions, previous_day, trailing_window
+from orchestration.report_assets import validation_check_metadata
 from orchestration.resources import FreshrankHome
 
 logger = logging.getLogger(__name__)
@@ -53,7 +54,8 @@ def build_assets(settings: Settings) -> tuple[list[AssetsDefinition], list]:
 
     @asset(partitions_def=partitions, group_name="ingestion", kinds={"parquet"})
     def increment(context: AssetExecutionContext, freshrank: FreshrankHome) -> MaterializeResult:
-        """The day's delivered events, typed into the canonical schema and staged for validation."""
+        """The day's delivered landing files (landing/<day>/), typed into the canonical schema and staged
+        in staging/<day>.parquet for validation; the data version is a hash of the files' bytes."""
         staged = stage_increment(freshrank.settings(), _day(context))
         return MaterializeResult(
             metadata={
@@ -67,7 +69,10 @@ def build_assets(settings: Settings) -> tuple[list[AssetsDefinition], list]:
 
     @asset_check(asset=increment, blocking=True, partitions_def=partitions)
     def check_increment_valid(context, freshrank: FreshrankHome) -> AssetCheckResult:
-        """The Great Expectations suite passes on the staged increment (blocks publishing)."""
+        """The staged increment passes the Great Expectations suite: required columns, keys, event types,
+        timestamps inside the day, price, quantity, duplicate share and row volume. Blocking: a failure
+        quarantines the files and skips everything downstream of the day. The metadata lists each
+        expectation's observed value and threshold."""
         outcome = validate_staged(freshrank.settings(), date.fromisoformat(context.partition_key))
         failed = outcome.result.failed()
         metadata = {
@@ -76,6 +81,7 @@ def build_assets(settings: Settings) -> tuple[list[AssetsDefinition], list]:
             "failed_expectations": len(failed),
             "summary": MetadataValue.md(outcome.result.to_markdown()),
             "report": MetadataValue.path(str(outcome.report_paths["json"])),
+            **validation_check_metadata(outcome.result),
         }
         if outcome.quarantine is not None:
             metadata["quarantine"] = MetadataValue.path(str(outcome.quarantine))
@@ -85,7 +91,8 @@ def build_assets(settings: Settings) -> tuple[list[AssetsDefinition], list]:
 
     @asset(partitions_def=partitions, deps=[increment], group_name="ingestion", kinds={"duckdb"})
     def events(context: AssetExecutionContext, freshrank: FreshrankHome) -> MaterializeResult:
-        """The day's validated events in the DuckDB warehouse, cleaned and deduplicated."""
+        """The day's validated events in the DuckDB warehouse (table events), with exact duplicates
+        dropped and returns set aside; published only after the validation check passed."""
         settings = freshrank.settings()
         day = _day(context)
         report = publish_increment(settings.warehouse_path, load_staged(settings, day), settings.timezone)
@@ -96,7 +103,8 @@ def build_assets(settings: Settings) -> tuple[list[AssetsDefinition], list]:
 
     @asset(partitions_def=partitions, deps=feature_assets, group_name="features", kinds={"feast", "sqlite"})
     def online_features(context: AssetExecutionContext, freshrank: FreshrankHome) -> MaterializeResult:
-        """The day's feature rows in the Feast online store, checked by reading a sample back."""
+        """The day's user, item and user x item feature rows in the Feast online store, checked by
+        reading a sample of entities back and comparing it with the Parquet partitions."""
         settings = freshrank.settings()
         day = _day(context)
         store = open_store(settings)

@@ -95,12 +95,17 @@ def replay(
 
 
 
-def run_changes(settings: Settings, on_day: Callable[[DayRun], None] | None = None) -> list[DayRun]:
+def run_changes(
+    settings: Settings,
+    on_day: Callable[[DayRun], None] | None = None,
+    instance: DagsterInstance | None = None,
+    defs=None,
+) -> list[DayRun]:
     """Plan the runs for new and changed landed days, as the sensor does, and execute them in order."""
     from orchestration.changes import plan_runs
 
-    instance = dagster_instance(settings)
-    defs = build_definitions(settings)
+    instance = instance or dagster_instance(settings)
+    defs = defs or build_definitions(settings)
     runs = []
     for planned in plan_runs(settings, instance):
         outcome = run_day(settings, date.fromisoformat(planned.partition), instance, defs, planned.asset_keys)

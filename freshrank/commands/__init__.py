@@ -3,4 +3,4 @@
 A module listed in ``COMMAND_MODULES`` is imported by ``freshrank.cli`` after the app exists.
 """
 
-COMMAND_MODULES: tuple[str, ...] = ("freshrank.commands.serve", "freshrank.commands.quarantine", "freshrank.commands.report")
+COMMAND_MODULES: tuple[str, ...] = ("freshrank.commands.serve", "freshrank.commands.quarantine", "freshrank.commands.report", "freshrank.commands.watch")

@@ -25,7 +25,7 @@ def _parse_day(value: Optional[str]) -> Optional[date]:
 @app.command("report")
 def report_command(
     until: Optional[str] = typer.Option(
-        None, help="Last day to report, YYYY-MM-DD (default: every day); writes HOME/reports/daily/DAY/report.html."
+        None, help="Last day to report, YYYY-MM-DD (default: every day); without --output the page goes to HOME/reports/daily/DAY/report.html."
     ),
     output: Optional[Path] = typer.Option(
         None, help="HTML file to write (default: HOME/reports/report.html); the PNG plots go to a plots folder beside it."
