@@ -112,7 +112,7 @@ class DriftConfig(_Strict):
     """Number of earlier days whose training rows form the reference window."""
     drift_share_threshold: float = 0.5
     """Share of drifted columns above which a drift alert is raised."""
-    max_rows: int = 20000
+    max_rows: int = 5000
     """Rows sampled from each of reference and current data to bound the check's cost."""
 
 

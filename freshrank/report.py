@@ -51,6 +51,7 @@ from freshrank.plots import (
 )
 from freshrank.records import read_record, record_path
 from freshrank.staging import QuarantineEntry, list_quarantined
+from freshrank.validation import day_bounds_utc
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +92,8 @@ class DaySummary:
     """Stage records by stage name (``events``, ``deployment``, ...), for the stages that ran."""
     online_written_at: datetime | None = None
     """Modification time of the ``online_features`` record, written right after the online write."""
+    day_end: datetime | None = None
+    """The instant the day ends in the business timezone, in UTC."""
     quarantines: tuple[QuarantineEntry, ...] = ()
 
     def record(self, stage: str) -> dict:
@@ -286,6 +289,7 @@ def _summarize_day(settings: Settings, day: date, landed: bool, quarantines: tup
         validation_dir=validation_dir if validation is not None else None,
         records=records,
         online_written_at=online_written_at,
+        day_end=day_bounds_utc(day, settings.timezone)[1].to_pydatetime(),
         quarantines=quarantines,
     )
 
@@ -421,9 +425,8 @@ def _freshness_frame(days: list[DaySummary]) -> pd.DataFrame:
             newest_online = summary.day
         age = (summary.day - newest_online).days if newest_online is not None else None
         latency = None
-        if online.get("window_end") and summary.online_written_at is not None:
-            day_end = datetime.fromisoformat(online["window_end"])
-            latency = (summary.online_written_at - day_end).total_seconds() / 3600.0
+        if online and summary.online_written_at is not None and summary.day_end is not None:
+            latency = (summary.online_written_at - summary.day_end).total_seconds() / 3600.0
         rows.append({"day": summary.day, "age_days": age, "latency_hours": latency})
     return pd.DataFrame(rows, columns=["day", "age_days", "latency_hours"]).astype({"age_days": "float64", "latency_hours": "float64"})
 

@@ -177,7 +177,7 @@ class _EngineCollector:
         refreshes = CounterMetricFamily(
             "freshrank_refreshes", "Watcher refreshes by component and outcome.", labels=["component", "outcome"]
         )
-        for (component, outcome), count in sorted(self.engine.refresh_counts.counts.items()):
+        for (component, outcome), count in sorted(self.engine.refresh_counts.snapshot().items()):
             refreshes.add_metric([component, outcome], count)
         yield from (info, loaded, snapshot_items, snapshot_read, item_age, candidates, refreshes)
 

@@ -747,16 +747,22 @@ class ServingState:
     candidates_error: str | None = None
 
 
-@dataclass
 class RefreshCounts:
-    """Counts of watcher refreshes by component and outcome, for ``/metrics``."""
+    """Counts of watcher refreshes by component and outcome, written by the watcher and read by ``/metrics``."""
 
-    counts: dict[tuple[str, str], int] = field(default_factory=dict)
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()
 
     def add(self, component: str, outcome: str) -> None:
-        """Count one refresh of ``component`` (model, snapshot, candidates) with ``outcome`` (success, failure)."""
-        key = (component, outcome)
-        self.counts[key] = self.counts.get(key, 0) + 1
+        """Count one refresh of ``component`` (model, candidates, snapshot) with ``outcome`` (success, failure)."""
+        with self._lock:
+            self._counts[(component, outcome)] = self._counts.get((component, outcome), 0) + 1
+
+    def snapshot(self) -> dict[tuple[str, str], int]:
+        """Return a copy of the counts."""
+        with self._lock:
+            return dict(self._counts)
 
 
 def _file_signature(path: Path) -> tuple:
@@ -803,6 +809,7 @@ class ServingEngine:
         self._refresh_reader: OnlineFeatureReader | None = None
         self._state: ServingState | None = None
         self._champion_signature: tuple = ()
+        self._failures: dict[str, str] = {}
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._listeners: list[Callable[[ServingState], None]] = []
@@ -822,8 +829,8 @@ class ServingEngine:
         control = load_model(self.registry, self._require_champion(), self.layout)
         treatment = self._load_treatment()
         snapshot = self._read_snapshot() if self.settings.serving.item_features == "snapshot" else None
-        state = ServingState(control=control, treatment=treatment, snapshot=snapshot, candidates=None, catalogue=None)
-        self._publish(self._with_candidates(state))
+        self._publish(ServingState(control=control, treatment=treatment, snapshot=snapshot, candidates=None, catalogue=None))
+        self.check_for_updates()
         if watch:
             self._stop.clear()
             self._watcher = threading.Thread(target=self._watch, name="freshrank-serving-watcher", daemon=True)
@@ -920,49 +927,84 @@ class ServingEngine:
     # Refresh
 
     def check_for_updates(self) -> list[str]:
-        """Run one watcher tick; return the components that were refreshed."""
+        """Run one watcher tick: refresh the model, then the candidates, then the item snapshot.
+
+        Each component is refreshed, counted and published on its own, so a failing one (a
+        locked warehouse, an unreachable online store) neither blocks nor undoes the others.
+        A failure keeps the previous component serving and is retried at the next tick.
+
+        Returns:
+            The components that were replaced.
+        """
         refreshed = []
-        state = self.state
-        signature = _file_signature(self.settings.registry_dir / CHAMPION_FILE)
-        if signature != self._champion_signature:
-            version = self._require_champion()
-            if version != state.control.version:
-                state = replace(state, control=self._counted("model", load_model, self.registry, version, self.layout))
-                refreshed.append("model")
-            self._champion_signature = signature
-        if state.candidates is None or state.candidates.built_for != state.control.version:
-            rebuilt = self._with_candidates(state)
-            if rebuilt.candidates is not state.candidates:
-                refreshed.append("candidates")
-            elif rebuilt.candidates_error != state.candidates_error:
-                refreshed.append("candidates error")
-            state = rebuilt
-        if self._snapshot_is_stale(state.snapshot):
-            state = replace(state, snapshot=self._counted("snapshot", self._read_snapshot))
-            refreshed.append("snapshot")
-        if refreshed:
-            self._publish(state)
+        steps = (("model", self._refresh_model), ("candidates", self._refresh_candidates), ("snapshot", self._refresh_snapshot))
+        for component, refresh in steps:
+            try:
+                state = refresh(self.state)
+            except Exception as exc:  # noqa: BLE001 - the watcher must survive; the previous state keeps serving
+                self.refresh_counts.add(component, "failure")
+                self._log_failure(component, exc)
+                continue
+            if state is not None:
+                self.refresh_counts.add(component, "success")
+                if self._failures.pop(component, None) is not None:
+                    logger.info("refreshing the %s works again", component)
+                self._publish(state)
+                refreshed.append(component)
         return refreshed
 
     def _watch(self) -> None:
         interval = self.settings.serving.reload_interval_s
         while not self._stop.wait(interval):
-            try:
-                refreshed = self.check_for_updates()
-            except Exception:  # noqa: BLE001 - the watcher must survive; the old state keeps serving
-                logger.exception("serving refresh failed; the previous state keeps serving and the next tick retries")
-                continue
+            refreshed = self.check_for_updates()
             if refreshed:
-                logger.info("refreshed %s", ", ".join(refreshed))
+                logger.info("refreshed %s; serving %s", ", ".join(refreshed), self.state.control.version)
 
-    def _counted(self, component: str, load: Callable, *args):
+    def _log_failure(self, component: str, exc: Exception) -> None:
+        """Log a refresh failure with its traceback once per distinct error, then at debug level."""
+        message = f"{type(exc).__name__}: {exc}"
+        if self._failures.get(component) == message:
+            logger.debug("refreshing the %s failed again: %s", component, message)
+            return
+        self._failures[component] = message
+        logger.error(
+            "refreshing the %s failed; the previous one keeps serving and each tick retries: %s",
+            component, message, exc_info=exc,
+        )
+
+    def _refresh_model(self, state: ServingState) -> ServingState | None:
+        """Load the champion when its pointer file changed (a deployment or rollback)."""
+        signature = _file_signature(self.settings.registry_dir / CHAMPION_FILE)
+        if signature == self._champion_signature:
+            return None
+        version = self._require_champion()
+        model = None if version == state.control.version else load_model(self.registry, version, self.layout)
+        self._champion_signature = signature
+        return None if model is None else replace(state, control=model)
+
+    def _refresh_candidates(self, state: ServingState) -> ServingState | None:
+        """Rebuild candidate source and catalogue after a deployment, or after an earlier failure."""
+        if state.candidates is not None and state.candidates.built_for == state.control.version:
+            return None
         try:
-            value = load(*args)
-        except Exception:
-            self.refresh_counts.add(component, "failure")
+            candidates, items = build_candidate_source(self.settings, state.control.version)
+            catalogue = build_catalogue(items, catalogue_path(self.settings))
+        except (duckdb.Error, ServingUnavailableError, ConfigError, OSError) as exc:
+            if state.candidates_error != str(exc):
+                self._publish(replace(state, candidates_error=str(exc)))
             raise
-        self.refresh_counts.add(component, "success")
-        return value
+        return replace(state, candidates=candidates, catalogue=catalogue, candidates_error=None)
+
+    def _refresh_snapshot(self, state: ServingState) -> ServingState | None:
+        """Re-read the item snapshot after a new materialization record, or when it is too old."""
+        snapshot = state.snapshot
+        if snapshot is None:
+            return None
+        max_age = self.settings.serving.snapshot_max_age_s
+        too_old = max_age > 0 and time.time() - snapshot.read_at > max_age
+        if not too_old and _materialization_signature(self.settings) == snapshot.materialization_signature:
+            return None
+        return replace(state, snapshot=self._read_snapshot())
 
     def _publish(self, state: ServingState) -> None:
         self._state = state
@@ -989,30 +1031,12 @@ class ServingEngine:
             )
         return load_model(self.registry, ab.treatment_version, self.layout)
 
-    def _snapshot_is_stale(self, snapshot: ItemSnapshot | None) -> bool:
-        if snapshot is None:
-            return False
-        if _materialization_signature(self.settings) != snapshot.materialization_signature:
-            return True
-        max_age = self.settings.serving.snapshot_max_age_s
-        return max_age > 0 and time.time() - snapshot.read_at > max_age
-
     def _read_snapshot(self) -> ItemSnapshot:
         assert self._refresh_reader is not None and self._reader is not None
         signature = _materialization_signature(self.settings)
         self._refresh_reader.refresh_registry()
         self._reader.refresh_registry()
         return read_item_snapshot(self._refresh_reader, materialized_item_ids(self.settings), signature)
-
-    def _with_candidates(self, state: ServingState) -> ServingState:
-        """Rebuild candidate source and catalogue for the state's champion; on failure keep the old ones."""
-        try:
-            candidates, items = self._counted("candidates", build_candidate_source, self.settings, state.control.version)
-            catalogue = build_catalogue(items, catalogue_path(self.settings))
-        except (duckdb.Error, ServingUnavailableError, ConfigError, OSError) as exc:
-            logger.warning("candidate source and catalogue not rebuilt for %s: %s", state.control.version, exc)
-            return replace(state, candidates_error=str(exc))
-        return replace(state, candidates=candidates, catalogue=catalogue, candidates_error=None)
 
 
 # One-off ranking for the CLI and the demo

@@ -54,8 +54,8 @@ def build_assets(settings: Settings) -> tuple[list[AssetsDefinition], list]:
 
     @asset(partitions_def=partitions, group_name="ingestion", kinds={"parquet"})
     def increment(context: AssetExecutionContext, freshrank: FreshrankHome) -> MaterializeResult:
-        """The day's delivered landing files (landing/<day>/), typed into the canonical schema and staged
-        in staging/<day>.parquet for validation; the data version is a hash of the files' bytes."""
+        """The day's delivered landing files (``landing/YYYY-MM-DD/``), typed into the canonical schema and
+        staged in ``staging/YYYY-MM-DD.parquet`` for validation; the data version is a hash of the files' bytes."""
         staged = stage_increment(freshrank.settings(), _day(context))
         return MaterializeResult(
             metadata={

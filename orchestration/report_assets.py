@@ -9,8 +9,8 @@ webserver, so the Evidently report, the HTML report and the quarantine folders a
 paths (``MetadataValue.path``), which the UI shows with a copy button.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: Dagster reads the asset function's `context`
+# annotation at definition time and rejects it as a string.
 import base64
 import json
 from datetime import date
@@ -62,7 +62,8 @@ def build_report_assets(settings: Settings, partitions: PartitionsDefinition | N
     )
     def daily_report(context: AssetExecutionContext, freshrank: FreshrankHome) -> MaterializeResult:
         """Plots and summary of the days up to this one: prequential metrics per model version, drift per
-        feature, rows per day with quarantined days, feature freshness; also reports/daily/<day>/report.html."""
+        feature, rows per day with quarantined days marked, and feature freshness. Also written as
+        ``reports/daily/YYYY-MM-DD/report.html`` under the freshrank home."""
         from freshrank.report import write_report
 
         report = write_report(freshrank.settings(), until=date.fromisoformat(context.partition_key))
@@ -72,7 +73,7 @@ def build_report_assets(settings: Settings, partitions: PartitionsDefinition | N
     return [daily_report]
 
 
-def daily_report_metadata(report: Report) -> dict:
+def daily_report_metadata(report: "Report") -> dict:
     """Return the materialization metadata of a ``freshrank.report.Report``.
 
     Numbers are typed, so the UI plots them over partitions; the plots are Markdown images;
@@ -104,9 +105,10 @@ def daily_report_metadata(report: Report) -> dict:
 def validation_check_metadata(result: ValidationResult) -> dict:
     """Return check metadata with each expectation's observed value beside its threshold.
 
-    ``expectations`` is a table of every expectation of the suite. Each failed expectation also
-    gets ``<check> observed`` and ``<check> threshold`` entries; a dict value is split into one
-    entry per key (``event_type_known observed unexpected_rows``), and numbers stay numbers.
+    ``expectations`` is a table of every expectation of the suite, failed ones first. Each failed
+    expectation also gets ``<check> observed`` and ``<check> threshold`` entries; a dict value is
+    split into one entry per key (``event_type_known observed unexpected_rows``), numbers stay
+    numbers and a list of values becomes comma-separated text.
     """
     records = [
         TableRecord(
@@ -118,7 +120,7 @@ def validation_check_metadata(result: ValidationResult) -> dict:
                 "threshold": _text(outcome.threshold),
             }
         )
-        for outcome in result.outcomes
+        for outcome in sorted(result.outcomes, key=lambda outcome: outcome.success)
     ]
     schema = TableSchema(columns=[TableColumn(name) for name in ("expectation", "column", "status", "observed", "threshold")])
     metadata: dict = {"expectations": MetadataValue.table(records, schema=schema)}
@@ -134,7 +136,7 @@ def validation_check_metadata(result: ValidationResult) -> dict:
 # --- Helpers ----------------------------------------------------------------------------------
 
 
-def _day_numbers(summary: DaySummary) -> dict:
+def _day_numbers(summary: "DaySummary") -> dict:
     """Return the typed numbers of one day: rows, check, prequential metrics, drift and gate."""
     numbers: dict = {}
     if summary.rows_published is not None:
@@ -164,7 +166,7 @@ def _gate_text(gate: dict) -> str:
     return f"kept {gate.get('champion') or 'no champion'}: {reasons}"
 
 
-def _summary_markdown(report: Report) -> str:
+def _summary_markdown(report: "Report") -> str:
     from freshrank.report import expectation_text
 
     latest = report.latest
@@ -192,7 +194,7 @@ def _summary_markdown(report: Report) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _quarantine_markdown(report: Report) -> str:
+def _quarantine_markdown(report: "Report") -> str:
     from freshrank.report import expectation_text, failed_outcomes
 
     entries = [entry for summary in report.days for entry in summary.quarantines]
@@ -236,4 +238,6 @@ def _flat_entries(key: str, value: object) -> dict:
         return {key: "null"}
     if isinstance(value, (bool, int, float, str)):
         return {key: value}
+    if isinstance(value, (list, tuple)) and all(isinstance(item, (int, float, str)) for item in value):
+        return {key: ", ".join(str(item) for item in value)}
     return {key: MetadataValue.json(value)}

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import uvicorn
+import xgboost as xgb
 
 from freshrank.config import ABConfig, Settings, load_settings, save_settings
 from freshrank.feature_store import materialize_day, model_feature_names, open_store
@@ -265,9 +266,12 @@ def champion_of(settings: Settings) -> str:
 
 
 def other_version(settings: Settings) -> str:
+    """Return the newest registered version other than the champion with the champion's features."""
     registry = ModelRegistry(settings.registry_dir)
     champion = registry.champion()
-    return [version for version in registry.versions() if version != champion][-1]
+    features = registry.metadata(champion)["feature_columns"]
+    same = [v for v in registry.versions() if v != champion and registry.metadata(v)["feature_columns"] == features]
+    return same[-1]
 
 
 def assert_ranked_like_offline(response: dict, expected: dict[str, float]) -> None:
@@ -489,6 +493,29 @@ class ServiceSuite:
         for response in responses:
             assert_ranked_like_offline(response, expected[response["model_version"]])
         assert champion_of(home) == champion
+
+    def test_broken_deployment_keeps_serving(self, home, client):
+        registry = ModelRegistry(home.registry_dir)
+        champion = champion_of(home)
+        rows = np.array([[0.0, 1.0], [1.0, 0.0], [1.0, 1.0], [0.0, 0.0]])
+        booster = xgb.train({"objective": "binary:logistic"}, xgb.DMatrix(rows, label=[0, 1, 1, 0], feature_names=["a", "b"]), 2)
+        day = registry.metadata(champion)["day"]
+        broken = registry.register(booster, day=day, kind="full", parent=None, feature_columns=["a", "b"], training_partitions=[], params={})
+
+        def failures() -> float:
+            text = client.call("GET", "/metrics")[1]
+            line = [row for row in text.splitlines() if row.startswith('freshrank_refreshes_total{component="model",outcome="failure"}')]
+            return float(line[0].rsplit(" ", 1)[1]) if line else 0.0
+
+        before = failures()
+        registry.deploy(broken, reason="test: a model trained on other features")
+        try:
+            wait_for(lambda: failures() > before, "the failed model load to be counted")
+            assert client.ok("GET", "/healthz")["model_version"] == champion
+            items = popular_items(home)[:5]
+            assert client.ok("POST", "/rank", {"user_id": "u-any", "item_ids": items})["model_version"] == champion
+        finally:
+            registry.deploy(champion, reason="test: back to the champion")
 
     def test_ab_split_is_stable_and_close_to_share(self, home):
         other = other_version(home)

@@ -1,0 +1,136 @@
+"""Freshness: from a day landing in the landing folder to the new features and model being served.
+
+Builds a home with a few days of the synthetic shop (``--events`` per day), starts
+`freshrank serve` and `freshrank watch` as separate processes on 127.0.0.1, then moves a
+new day's file into the landing folder and polls the service's /healthz until it serves
+a new model version and item features whose newest event timestamp belongs to the new
+day. Reports the total and the per-step split of the watcher's run.
+
+    python bench/bench_freshness.py [--events 100000] [--history-days 3] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from datetime import timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import print_table, write_json  # noqa: E402
+
+from freshrank.config import load_settings  # noqa: E402
+from freshrank.features import feature_timestamp  # noqa: E402
+from freshrank.records import read_record  # noqa: E402
+from freshrank.synthetic import ShopSpec, generate_day  # noqa: E402
+from orchestration.replay import dagster_instance, run_changes  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def health(port: int) -> dict | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+            return json.loads(response.read())
+    except OSError:
+        return None
+
+
+def land(settings, spec: ShopSpec, index: int) -> None:
+    """Write the day to a hidden file, then rename it into place, as a delivery tool would."""
+    day = spec.start + timedelta(days=index)
+    folder = settings.landing_dir / day.isoformat()
+    folder.mkdir(parents=True, exist_ok=True)
+    temporary = folder / ".events.parquet.part"
+    generate_day(spec, index).to_parquet(temporary, index=False)
+    os.replace(temporary, folder / "events.parquet")
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise SystemExit(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=100_000, help="Events per synthetic day.")
+    parser.add_argument("--history-days", type=int, default=3, help="Days computed before the measured ones.")
+    parser.add_argument("--repeats", type=int, default=2, help="New days landed and measured one after another.")
+    args = parser.parse_args()
+    users = max(2000, args.events // 10)
+    spec = ShopSpec(days=args.history_days + args.repeats, users=users, items=max(500, users // 10), seed=13, events_per_day=args.events)
+    measurements = []
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = load_settings(Path(tmp) / "home")
+        for index in range(args.history_days):
+            land(settings, spec, index)
+        run_changes(settings)
+        env = {**os.environ, "FRESHRANK_HOME": str(settings.home)}
+        port = free_port()
+        server = subprocess.Popen([sys.executable, "-m", "freshrank", "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        watcher = subprocess.Popen([sys.executable, "-m", "freshrank", "watch", "--interval", "0.5"], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        try:
+            wait_for(lambda: health(port), 120, "the service")
+            wait_for(lambda: "watching" in (watcher.stdout.readline() or ""), 120, "the watcher")
+            for repeat in range(args.repeats):
+                index = args.history_days + repeat
+                day = spec.start + timedelta(days=index)
+                newest_ts = feature_timestamp(day, settings.zone).timestamp()
+                before = health(port)["model_version"]
+                landed_at = time.perf_counter()
+                land(settings, spec, index)
+
+                def served():
+                    state = health(port) or {}
+                    snapshot = state.get("item_snapshot") or {}
+                    fresh = (snapshot.get("newest_feature_ts") or 0) >= newest_ts - 1
+                    return state if fresh and state.get("model_version") != before else None
+
+                state = wait_for(served, 300, f"day {day} to be served")
+                elapsed = time.perf_counter() - landed_at
+                run = dagster_instance(settings).get_run_records(limit=1)[0]
+                steps = {
+                    stats.step_key: (stats.end_time or 0) - (stats.start_time or 0)
+                    for stats in dagster_instance(settings).get_run_step_stats(run.dagster_run.run_id)
+                }
+                events = (read_record(settings, "events", day) or {}).get("rows_published")
+                measurements.append({"day": day.isoformat(), "events": events, "seconds": elapsed, "model_version": state["model_version"], "steps": steps})
+                print(f"{day}: served after {elapsed:.1f} s (model {state['model_version']})", flush=True)
+        finally:
+            for process in (watcher, server):
+                process.send_signal(signal.SIGINT)
+            for process in (watcher, server):
+                try:
+                    process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+    rows = [[m["day"], m["events"], m["seconds"], m["model_version"]] for m in measurements]
+    print_table(f"Freshness: landing to served ({args.events:,} events a day)", ["day", "events", "seconds", "served model"], rows)
+    last = measurements[-1]["steps"]
+    accounted = sum(last.values())
+    step_rows = [[name, seconds] for name, seconds in sorted(last.items(), key=lambda item: -item[1])]
+    step_rows.append(["outside the run (detection, launch, service reload)", measurements[-1]["seconds"] - accounted])
+    print_table("Steps of the last measured day", ["step", "seconds"], step_rows)
+    print(f"\nJSON: {write_json('freshness', {'args': vars(args), 'measurements': measurements})}")
+
+
+if __name__ == "__main__":
+    main()
