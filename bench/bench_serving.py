@@ -5,9 +5,10 @@ and, when ``redis-server`` is on PATH, for Redis:
 
 - starts `freshrank serve` in its own process and drives ``POST /rank`` with 100 candidates
   per request from keep-alive HTTP/1.1 connections for a fixed duration;
-- starts Feast's own feature server (`feast serve`, recycling turned off with
-  ``--max-requests 0``) and asks it, over HTTP, for the feature lookups of the same requests:
-  all three views for the user and its candidates, since Feast has no item snapshot;
+- starts Feast's own feature server (`feast serve`, with worker recycling turned off by
+  ``--max-requests 0``) and sends it, over HTTP, the feature lookups of the same requests.
+  These cover all three views for the user and its candidates, because Feast has no item
+  snapshot;
 - measures in-process (no HTTP): freshrank's ranking path, and Feast's SDK path
   (``get_online_features`` for the user, then for the candidates' item and user x item
   features, then XGBoost scoring).
@@ -24,7 +25,6 @@ import argparse
 import asyncio
 import gc
 import json
-import os
 import random
 import shutil
 import socket
@@ -88,7 +88,7 @@ def free_port() -> int:
 
 
 def wait_until_answering(port: int, path: str, process: subprocess.Popen, log: Path) -> None:
-    """Poll ``GET path`` until it answers 200; fail with the server log if the process exits or times out."""
+    """Poll ``GET path`` until it returns 200; fail with the server log if the process exits or times out."""
     import http.client
 
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
@@ -103,14 +103,14 @@ def wait_until_answering(port: int, path: str, process: subprocess.Popen, log: P
         except OSError:
             pass
         time.sleep(0.2)  # poll interval while the server starts
-    raise SystemExit(f"server on port {port} did not answer {path} within {STARTUP_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
+    raise SystemExit(f"server on port {port} did not respond to {path} within {STARTUP_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
 
 
 @contextmanager
-def server(command: list[str], port: int, ready_path: str, log: Path, env: dict | None = None, method_ready: str = "GET"):
+def server(command: list[str], port: int, ready_path: str, log: Path):
     """Run a server process until the block ends."""
     with open(log, "wb") as output:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=REPO)
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, cwd=REPO)
     try:
         wait_until_answering(port, ready_path, process, log)
         yield process
@@ -141,7 +141,7 @@ def redis_server(folder: Path):
             except redis.ConnectionError:
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit(f"redis-server on port {port} did not start")
-                time.sleep(0.02)  # poll interval until PING answers
+                time.sleep(0.02)  # poll interval until redis-server replies to PING
         yield f"127.0.0.1:{port}"
     finally:
         process.terminate()

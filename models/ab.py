@@ -1,9 +1,9 @@
 """A/B split of users between two model versions, the request log, and the report that compares them.
 
-A user's variant is a pure function of the user id and the split settings: a BLAKE2b hash of
+A user's variant is a pure function of the user id and the split settings. A BLAKE2b hash of
 the salt and the user id, read as a fraction in [0, 1), puts the user in the treatment when it
 is below ``serving.ab.treatment_share``. So a user keeps the variant on every request, in every
-worker process, across restarts, for as long as the salt and share stay the same.
+worker process and across restarts, for as long as the salt and the share stay the same.
 
 The request log has one JSON object per ranked request, with these fields and nothing else
 (no query text, no client address)::
@@ -265,8 +265,8 @@ def ab_report(settings: Settings, horizon_hours: float = DEFAULT_HORIZON_HOURS, 
     """Compare the variants of a request log on the purchases that followed each request.
 
     A purchase counts for a request when the same user bought within ``horizon_hours`` after
-    the request; it is a hit when the item was among the request's ranked items. The log is
-    handed to DuckDB as registered data frames, so no value from a request is put into SQL text.
+    the request. It is a hit when the item was among the request's ranked items. The log goes
+    to DuckDB as registered data frames, so no value from a request is put into SQL text.
 
     Args:
         settings: Settings of the home whose warehouse holds the purchases.
@@ -284,7 +284,7 @@ def ab_report(settings: Settings, horizon_hours: float = DEFAULT_HORIZON_HOURS, 
         raise RequestLogError("serving.request_log is empty, so no requests were logged; set it and serve again")
     requests = read_request_log(path)
     if requests.empty:
-        raise RequestLogError(f"{path} holds no requests yet; send requests to `freshrank serve` first")
+        raise RequestLogError(f"{path} contains no requests yet; send requests to `freshrank serve` first")
     if not settings.warehouse_path.exists():
         raise RequestLogError(f"no warehouse at {settings.warehouse_path}; the report needs its purchases")
     requests["horizon_end"] = requests["ts"] + pd.Timedelta(hours=horizon_hours)

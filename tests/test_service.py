@@ -1,6 +1,6 @@
 """The ranking service over real HTTP: uvicorn on 127.0.0.1, a replayed home, the SQLite online store.
 
-``ServiceSuite`` holds the tests; ``TestServiceSqlite`` runs them on SQLite and
+``ServiceSuite`` contains the tests. ``TestServiceSqlite`` runs them on SQLite and
 tests/test_service_redis.py on a real redis-server. Expected scores come from an independent
 path: the newest row per entity in the offline Parquet partitions (what materialization
 wrote online), scored with ``models.training.predict``.
@@ -178,7 +178,7 @@ def busy_user(settings: Settings) -> tuple[str, list[str]]:
 
 
 def request_candidates(settings: Settings) -> tuple[str, list[str]]:
-    """A request mixing the busy user's own items, popular items and one item nobody has seen."""
+    """Return a request of the busy user's own items, popular items and one item without any events."""
     user, own = busy_user(settings)
     items = list(dict.fromkeys(own[:10] + popular_items(settings)[:25]))
     return user, items + ["no-such-item"]

@@ -1,7 +1,7 @@
 """The ranking service suite of tests/test_service.py against a real redis-server online store.
 
-The home is a copy of the replayed SQLite home whose settings name Redis; every landed day
-is materialized into Redis with the same ``materialize_day`` the daily loop calls.
+The home is a copy of the replayed SQLite home whose settings name Redis. Every landed day is
+materialized into Redis with the same ``materialize_day`` that the daily loop calls.
 """
 
 from __future__ import annotations

@@ -1,0 +1,240 @@
+"""Crash safety: a run killed at each injected crash point, then run again, leaves the state of an uninterrupted run.
+
+A subprocess runs the daily loop for one day with ``FRESHRANK_CRASH_AT`` naming a crash point
+and dies there by ``os._exit`` (like ``kill -9``). The test then runs the day again in its own
+process and compares warehouse tables, online store rows, feature and training Parquet bytes,
+model bytes and the champion with a home where the same day ran without interruption.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from freshrank.alerts import DATA_QUALITY, read_alerts
+from freshrank.config import Settings, load_settings, save_settings
+from freshrank.faults import (
+    CRASH_AT_ENV_VAR,
+    CRASH_EXIT_CODE,
+    CRASH_MESSAGE_PREFIX,
+    CRASH_MODE_ENV_VAR,
+    CRASH_POINTS,
+    InjectedCrash,
+    crash_point,
+    reset_hits,
+)
+from freshrank.increments import landed_days
+from freshrank.staging import QUARANTINE_RECORD, list_quarantined
+from freshrank.synthetic import ShopSpec, generate_shop
+from orchestration.replay import dagster_instance, replay, run_day
+from tests.home_state import HomeState, home_state
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DAY = date(2024, 1, 4)
+BASE_DAYS = 3
+RUN_DAY_SCRIPT = """
+import sys
+from datetime import date
+from freshrank.config import load_settings
+from orchestration.replay import dagster_instance, run_day
+settings = load_settings(sys.argv[1])
+run = run_day(settings, date.fromisoformat(sys.argv[2]), dagster_instance(settings))
+sys.exit(0 if run.success else 1)
+"""
+
+
+def light_settings(home: Path) -> Settings:
+    """Settings of a small, fast home: few trees per model."""
+    settings = load_settings(home)
+    training = settings.training.model_copy(update={"full_train_trees": 30, "trees_per_day": 3})
+    save_settings(settings.model_copy(update={"training": training}))
+    return load_settings(home)
+
+
+@dataclass(frozen=True)
+class Homes:
+    """A home with BASE_DAYS published days and DAY landed, and the state after DAY ran uninterrupted."""
+
+    base: Path
+    reference: HomeState
+
+
+@pytest.fixture(scope="module")
+def homes(tmp_path_factory) -> Homes:
+    root = tmp_path_factory.mktemp("crash")
+    settings = light_settings(root / "base")
+    generate_shop(settings.landing_dir, ShopSpec(days=BASE_DAYS + 1, users=200, items=60, seed=11))
+    days = landed_days(settings.landing_dir)
+    runs = replay(settings, days[:BASE_DAYS])
+    assert [run.success for run in runs] == [True] * BASE_DAYS
+    reference = copy_home(settings.home, root / "reference")
+    assert run_day(reference, DAY, dagster_instance(reference)).success
+    return Homes(settings.home, home_state(reference))
+
+
+def copy_home(source: Path, target: Path) -> Settings:
+    shutil.copytree(source, target, symlinks=True)
+    return load_settings(target)
+
+
+def run_in_subprocess(home: Path, crash_at: str, mode: str = "exit") -> subprocess.CompletedProcess:
+    environment = {**os.environ, CRASH_AT_ENV_VAR: crash_at, CRASH_MODE_ENV_VAR: mode}
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), environment.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, "-c", RUN_DAY_SCRIPT, str(home), DAY.isoformat()],
+        cwd=REPO_ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def assert_same_state(actual: HomeState, expected: HomeState) -> None:
+    assert actual.warehouse == expected.warehouse
+    assert actual.online == expected.online
+    assert actual.offline == expected.offline
+    assert actual.training_rows == expected.training_rows
+    assert actual.champion == expected.champion
+    assert actual.champion_model == expected.champion_model
+    assert actual.models == expected.models
+
+
+def leftover_temporary_files(home: Path) -> list[str]:
+    return sorted(str(path.relative_to(home)) for path in home.rglob("*.tmp") if "dagster" not in path.parts)
+
+
+# Points where a rerun repairs everything today. The registry points are listed below with
+# the reason they do not yet give the same state.
+REPAIRED_POINTS = (
+    "staging.before_replace",
+    "warehouse.after_delete",
+    "warehouse.before_commit",
+    "features.before_replace",
+    "features.before_replace:3",
+    "feature_store.after_materialize",
+    "lifecycle.before_register",
+)
+
+
+@pytest.mark.parametrize("crash_at", REPAIRED_POINTS)
+def test_rerun_after_crash_equals_uninterrupted(crash_at: str, homes: Homes, tmp_path: Path) -> None:
+    settings = copy_home(homes.base, tmp_path / "home")
+
+    crashed = run_in_subprocess(settings.home, crash_at)
+    rerun = run_day(settings, DAY, dagster_instance(settings))
+
+    assert crashed.returncode == CRASH_EXIT_CODE, crashed.stderr[-3000:]
+    assert f"{CRASH_MESSAGE_PREFIX}{crash_at.split(':')[0]}" in crashed.stderr
+    assert rerun.success
+    assert_same_state(home_state(settings), homes.reference)
+    assert leftover_temporary_files(settings.home) == []
+
+
+# NOTE: a crash between registering the challenger and moving the champion pointer leaves a
+# registered version that the rerun does not reuse: ModelRegistry.register always issues a new
+# number, so the rerun deploys v<n+1> with the same bytes and v<n> stays as an orphan. A crash
+# after the pointer moved is worse: the rerun boosts on from the day's own challenger (now the
+# champion), so the deployed model has more trees than after an uninterrupted run. Both need
+# registration to be idempotent per (day, parent, model digest) and train_challenger to start
+# from the champion as of the day's start; remove the xfail marks when they are.
+@pytest.mark.xfail(strict=True, reason="register issues a new version for an identical model; the rerun's champion name differs")
+def test_rerun_after_crash_before_pointer(homes: Homes, tmp_path: Path) -> None:
+    settings = copy_home(homes.base, tmp_path / "home")
+
+    crashed = run_in_subprocess(settings.home, "registry.before_pointer")
+    rerun = run_day(settings, DAY, dagster_instance(settings))
+
+    assert crashed.returncode == CRASH_EXIT_CODE, crashed.stderr[-3000:]
+    assert rerun.success
+    state = home_state(settings)
+    assert state.champion_model == homes.reference.champion_model
+    assert_same_state(state, homes.reference)
+
+
+@pytest.mark.xfail(strict=True, reason="the rerun trains on from the crashed run's champion, so the model differs")
+def test_rerun_after_crash_after_pointer(homes: Homes, tmp_path: Path) -> None:
+    settings = copy_home(homes.base, tmp_path / "home")
+
+    crashed = run_in_subprocess(settings.home, "registry.after_pointer")
+    rerun = run_day(settings, DAY, dagster_instance(settings))
+
+    assert crashed.returncode == CRASH_EXIT_CODE, crashed.stderr[-3000:]
+    assert rerun.success
+    assert_same_state(home_state(settings), homes.reference)
+
+
+def test_crash_during_quarantine_completes_on_rerun(homes: Homes, tmp_path: Path) -> None:
+    settings = copy_home(homes.base, tmp_path / "home")
+    landing_file = settings.landing_dir / DAY.isoformat() / "events.parquet"
+    landing_file.write_bytes(landing_file.read_bytes()[:500])
+
+    crashed = run_in_subprocess(settings.home, "quality.after_quarantine")
+    alerts_after_crash = read_alerts(settings, kind=DATA_QUALITY)
+    rerun = run_day(settings, DAY, dagster_instance(settings))
+
+    assert crashed.returncode == CRASH_EXIT_CODE, crashed.stderr[-3000:]
+    assert alerts_after_crash == []
+    assert rerun.check_passed is False
+    entries = list_quarantined(settings, DAY)
+    assert len(entries) == 1
+    assert (entries[0].folder / QUARANTINE_RECORD).exists()
+    assert (entries[0].folder / "events.parquet").read_bytes() == landing_file.read_bytes()
+    assert len(read_alerts(settings, kind=DATA_QUALITY)) == 1
+
+
+def test_raise_mode_fails_step_then_rerun_repairs(homes: Homes, tmp_path: Path) -> None:
+    settings = copy_home(homes.base, tmp_path / "home")
+
+    failed = run_in_subprocess(settings.home, "warehouse.before_commit", mode="raise")
+    rerun = run_day(settings, DAY, dagster_instance(settings))
+
+    assert failed.returncode == 1, failed.stderr[-3000:]
+    assert "injected crash at 'warehouse.before_commit'" in failed.stderr
+    assert rerun.success
+    assert_same_state(home_state(settings), homes.reference)
+
+
+# --- The crash points themselves ------------------------------------------------------------
+
+
+def test_crash_point_inactive_without_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(CRASH_AT_ENV_VAR, raising=False)
+    for name in CRASH_POINTS:
+        crash_point(name)
+
+
+def test_unknown_crash_point_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(CRASH_AT_ENV_VAR, raising=False)
+    with pytest.raises(ValueError, match="unknown crash point 'warehouse.nowhere'"):
+        crash_point("warehouse.nowhere")
+
+
+def test_unknown_variable_value_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(CRASH_AT_ENV_VAR, "warehouse.befor_commit")
+    with pytest.raises(ValueError, match="names no crash point; known points: .*warehouse.before_commit"):
+        crash_point("warehouse.after_delete")
+
+
+def test_raise_mode_fires_on_named_hit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(CRASH_AT_ENV_VAR, "features.before_replace:2")
+    monkeypatch.setenv(CRASH_MODE_ENV_VAR, "raise")
+    reset_hits()
+    crash_point("features.before_replace")
+    crash_point("warehouse.after_delete")
+    with pytest.raises(InjectedCrash, match="features.before_replace"):
+        crash_point("features.before_replace")
+    reset_hits()
+
+
+def test_every_crash_point_in_code() -> None:
+    sources = "\n".join(path.read_text() for folder in ("freshrank", "models") for path in (REPO_ROOT / folder).rglob("*.py"))
+    for name in CRASH_POINTS:
+        assert f'crash_point("{name}")' in sources, name
