@@ -46,7 +46,7 @@ WEBHOOK_FAILED = "webhook_failed"
 """Kind of the record written when an alert could not be delivered to the webhook."""
 
 _RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
-"""HTTP statuses worth another attempt; other 4xx answers mean the request itself is wrong."""
+"""HTTP statuses worth another attempt; other 4xx responses mean the request itself is wrong."""
 
 
 def alerts_path(settings: Settings) -> Path:
@@ -192,7 +192,7 @@ class WebhookDelivery:
     delivered: bool
     attempts: int
     status: int | None = None
-    """HTTP status of the last answer; None when no answer came (connection error, timeout)."""
+    """HTTP status of the last response; None when no response came (connection error, timeout)."""
     errors: list[str] = field(default_factory=list)
     """One line per failed attempt."""
 
@@ -211,7 +211,7 @@ def alert_text(record: dict) -> str:
 def send_webhook(config: AlertsConfig, record: dict) -> WebhookDelivery | None:
     """POST one alert to the webhook, retrying with exponential backoff.
 
-    Connection errors, timeouts and HTTP 408, 425, 429 and 5xx answers are retried up to
+    Connection errors, timeouts and HTTP 408, 425, 429 and 5xx responses are retried up to
     ``config.webhook_retries`` times, waiting ``webhook_backoff_seconds`` and then twice as
     long before each further try. Other HTTP errors are not retried, because repeating the
     same request cannot fix them. Nothing is raised: the outcome says what happened.
@@ -260,7 +260,7 @@ def _post_once(url: str, body: bytes, timeout: float, delivery: WebhookDelivery)
         delivery.errors.append(f"HTTP {exc.code} {exc.reason}")
         return exc.code in _RETRY_STATUSES
     except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
-        # Connection refused or reset, timeouts and malformed answers may pass on a later try.
+        # Connection refused or reset, timeouts and malformed responses may pass on a later try.
         delivery.status = None
         reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
         delivery.errors.append(f"{type(reason).__name__}: {reason}")

@@ -207,11 +207,62 @@ def rollback(
 
 
 @app.command()
-def lineage(version: str, home: Optional[Path] = HomeOption) -> None:
-    """Print a model's chain of parents back to its last full train."""
-    from models.lifecycle import registry_for
+def lineage(
+    version: str = typer.Argument(..., help="Model version, e.g. v0007-2024-01-07."),
+    as_json: bool = typer.Option(False, "--json", help="Print the raw lineage records as JSON instead of tables."),
+    home: Optional[Path] = HomeOption,
+) -> None:
+    """Print a model's chain of parents back to its last full train, with partitions, checks, metrics and reports."""
+    from models.lineage import (
+        describe_lineage,
+        gate_text,
+        mean_prequential,
+        partitions_text,
+        rebase_text,
+        short_path,
+    )
 
-    console.print_json(data=registry_for(_settings(home)).lineage(version))
+    def metric(value: Optional[float]) -> str:
+        return "-" if value is None else f"{value:.4f}"
+
+    settings = _settings(home)
+    chain = describe_lineage(settings, version)
+    if as_json:
+        console.print_json(data=chain)
+        return
+    summary = Table(title=f"lineage of {version}: {len(chain)} versions back to the full train {chain[-1]['version']}")
+    for column in ("version", "kind", "parent", "trees", "rebase", "trained on", "gate", "holdout NDCG@10 (champion)", "prequential NDCG@10"):
+        summary.add_column(column, overflow="fold")
+    for record in chain:
+        holdout = record["metrics"]["holdout"] or {}
+        champion = record["metrics"]["champion_holdout"] or {}
+        prequential = mean_prequential(record, "ndcg_at_10")
+        days = len(record["metrics"]["prequential_as_champion"])
+        summary.add_row(
+            record["version"],
+            record["kind"],
+            record["parent"] or "-",
+            f"{record['tree_count']} (+{record['trees_added']})" if record["trees_added"] is not None else str(record["tree_count"]),
+            rebase_text(record),
+            partitions_text(record),
+            gate_text(record),
+            f"{metric(holdout.get('ndcg_at_10'))} ({metric(champion.get('ndcg_at_10'))})",
+            f"{metric(prequential)} over {days} days" if days else "-",
+        )
+    console.print(summary)
+    for record in chain:
+        detail = Table(title=f"{record['version']}: training partitions and reports", show_header=True)
+        for column in ("partition", "data version", "validation", "report"):
+            detail.add_column(column, overflow="fold")
+        for partition in record["training_partitions"]:
+            outcome = partition["validation"]
+            passed = {True: "passed", False: "FAILED", None: "not recorded"}[outcome.get("passed")]
+            if outcome.get("released"):
+                passed += " (released)"
+            detail.add_row(partition["day"], partition["data_version"] or "-", passed, short_path(outcome.get("report"), settings.home))
+        for name, path in record["reports"].items():
+            detail.add_row("", "", name, short_path(path, settings.home))
+        console.print(detail)
 
 
 @app.command()

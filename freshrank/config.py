@@ -81,7 +81,24 @@ class TrainingConfig(_Strict):
     full_train_window_days: int = 28
     """Trailing days of training rows used by a full train."""
     max_trees: int = 1000
-    """Tree budget: when the champion reaches it, the next challenger is a full train."""
+    """Tree budget: when the champion's trees plus ``trees_per_day`` would pass it, the next
+    challenger is a full train (a rebase with trigger ``tree_budget``)."""
+    continued_window_days: int = Field(default=7, ge=1)
+    """Trailing stored days of training rows, the new day included, that a continued round
+    trains on; 1 trains on the new day only."""
+    rebase_every_days: int = Field(default=0, ge=0)
+    """Days after the champion's last full train at which the next challenger is a full train
+    (a rebase with trigger ``schedule``); 0 turns the schedule off."""
+    shadow_every_days: int = Field(default=7, ge=0)
+    """Days between shadow full retrains, counted from the later of the last shadow and the
+    champion's last full train; 0 turns the shadow off (and with it the degradation trigger)."""
+    rebase_margin: float = Field(default=0.005, ge=0.0)
+    """Rebase (trigger ``degradation``) when the latest shadow's prequential ``gate.metric`` is
+    above the champion's by more than this, in absolute units of the metric, averaged over
+    ``shadow_comparison_days`` days."""
+    shadow_comparison_days: int = Field(default=1, ge=1)
+    """Prequential days, newest first, over which the shadow's lead over the champion is
+    averaged; the degradation trigger waits until this many days were compared."""
     negatives_per_positive: int = 10
     """Popularity-sampled negatives per purchased item, for purchase-only data."""
     holdout_share: float = 0.2
@@ -103,6 +120,9 @@ class GateConfig(_Strict):
     """Refuse deployment when the drift share is over the drift threshold."""
     operating_threshold: float = 0.5
     """Score above which an item counts as predicted positive for precision and recall."""
+    max_model_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+    """Size budget of a challenger's saved model (XGBoost UBJSON), in bytes; a larger one is
+    refused. The tree budget ``training.max_trees`` is checked by the gate as well."""
 
 
 class DriftConfig(_Strict):
@@ -243,7 +263,7 @@ class ServingConfig(_Strict):
 
 
 class AlertsConfig(_Strict):
-    """Where data-quality and drift alerts go besides ``<home>/alerts.jsonl``."""
+    """Delivery of data-quality and drift alerts besides ``<home>/alerts.jsonl``."""
 
     webhook_url: str | None = None
     """URL that receives each alert as a JSON POST with a Slack-compatible ``text`` field; unset

@@ -72,7 +72,7 @@ _EPOCH_UNITS: tuple[tuple[str, str, float], ...] = (
 """Unix epoch units by magnitude: a value below the bound (in absolute value) is in that unit.
 
 1e11 seconds is the year 5138 and 1e11 milliseconds is March 1973, so for any plausible
-event time the magnitude tells the unit.
+event time the magnitude determines the unit.
 """
 
 _DELIMITER_NAMES = {";": "semicolons", "\t": "tabs", "|": "vertical bars"}
@@ -216,6 +216,18 @@ def outside_landing(path: Path, landing: Path) -> Path | None:
     return None if resolved.is_relative_to(landing.resolve()) else resolved
 
 
+def landing_file_digest(path: Path, landing: Path) -> str:
+    """Return a landing file's digest, or a marker naming the target when it resolves outside the landing folder.
+
+    A file outside is never read, not even to hash it; the marker still changes when the link
+    is pointed elsewhere.
+    """
+    outside = outside_landing(path, landing)
+    if outside is not None:
+        return f"outside-landing:{outside}"
+    return file_digest(path)
+
+
 # --- Reading a day ------------------------------------------------------------------------------
 
 
@@ -230,6 +242,7 @@ def read_increment(landing: Path, day: date | str, timezone: str) -> Increment:
     kept: list[Path] = []
     digests: list[str] = []
     frames: list[pd.DataFrame] = []
+
     for path in files:
         data = read_landing_bytes(path, landing)
         digest = hashlib.sha256(data).hexdigest()
@@ -239,6 +252,7 @@ def read_increment(landing: Path, day: date | str, timezone: str) -> Increment:
         frames.append(_read_file_bytes(path, data, zone, cleaning))
         kept.append(path)
         digests.append(digest)
+
     frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     if frame.empty:
         raise IncrementError(
@@ -557,7 +571,7 @@ def _to_utc_timestamps(
         if parsed.dt.tz is None:
             parsed = _localize(parsed, column, path, zone, rows)
     elif pd.api.types.is_bool_dtype(column):
-        raise IncrementError(path, "column event_time holds true/false values", "Write event_time as ISO-8601 text.")
+        raise IncrementError(path, "column event_time contains booleans, not timestamps", "Write event_time as ISO-8601 text.")
     elif pd.api.types.is_numeric_dtype(column):
         parsed = _from_epoch(column, column, path, rows, cleaning)
     else:

@@ -4,8 +4,8 @@ Four plots, each over the calendar days of a report (one slot per day, so a miss
 quarantined day shows as a gap or a mark, never as a shorter axis):
 
 * ``prequential_metrics``: the champion's AUC, NDCG@10 and log loss on each day's rows before
-  any training on them, with the previous day's challenger beside it; points are coloured
-  by model version and each champion's first day is labelled with its version.
+  any training on them, with the previous day's challenger beside it. Points are coloured by
+  model version, and each champion's first day is labelled with its version.
 * ``drift_by_feature``: the daily drift share against its alert threshold, a feature x day
   grid of drifted, not drifted and not tested columns, and the share of checked days on
   which each feature drifted.
@@ -61,7 +61,7 @@ NOT_RUN = "not run"
 NO_DELIVERY = "no delivery"
 
 DEFAULT_DPI = 80
-"""Pixels per inch of the PNG files; 80 keeps a plot around 30 KB, small enough to embed."""
+"""Pixels per inch of the PNG files. At 80 a plot of a 10-day demo home took 17 to 70 KB, small enough to embed."""
 
 _MAX_DAY_LABELS = 16
 _MAX_LATENCY_IN_HOURS = 72.0

@@ -10,7 +10,9 @@ quarantine folders, the model registry and ``alerts.jsonl``. It reads no Dagster
 the days up to ``day`` (what the ``daily_report`` asset writes per partition). The PNG files
 of the plots are written to a ``plots`` folder beside the page and embedded in it as data
 URIs, so the page can be copied or mailed on its own. Links to validation reports, Evidently
-reports and quarantine folders are relative to the page.
+reports and quarantine folders are relative to the page. A report up to ``until`` shows those
+days as the home records them when it is written, so a later correction of an earlier day
+appears only in reports written after it.
 """
 
 from __future__ import annotations
@@ -130,7 +132,7 @@ class ChampionInfo:
     trained_on: str | None
     """Day of the model's last training round."""
     source: str
-    """Where the version was read: the registry's champion pointer or the last deployment record."""
+    """Origin of the version: the registry's champion pointer or the last deployment record."""
 
 
 @dataclass(frozen=True)
@@ -360,8 +362,8 @@ def _metrics_frame(days: list[DaySummary]) -> pd.DataFrame:
 def _drift_frames(days: list[DaySummary]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Return per-column drift statuses and the daily drift shares of the days that ran a drift check.
 
-    A record without per-column results (``columns``) lists only its drifted columns; the
-    other columns seen on any day count as not drifted on it, and ``per_column`` is False.
+    A record without per-column results (``columns``) lists only its drifted columns. The other
+    columns seen on any day then count as not drifted on that day, and ``per_column`` is False.
     """
     checked = [(summary.day, summary.record("prediction_drift")) for summary in days]
     checked = [(day, record) for day, record in checked if record.get("drift_share") is not None]
@@ -444,7 +446,7 @@ th { background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: ta
 figure { margin: 16px 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-size: 13px; color: #555; max-width: 1000px; }
 dl { display: grid; grid-template-columns: max-content auto; gap: 2px 16px; font-size: 14px; }
-dt { font-weight: 600; }
+dt { font-weight: 600; } td.time { white-space: nowrap; }
 """
 
 
@@ -560,7 +562,9 @@ def _days_table(days: list[DaySummary], base: Path) -> str:
         drift = summary.record("prediction_drift")
         deployment = summary.record("deployment")
         check = {True: "<span class='good'>passed</span>", False: "<span class='bad'>failed</span>", None: "-"}[summary.validation_passed]
-        gate = "-" if not deployment else ("<span class='good'>deployed</span>" if deployment.get("deploy") else "<span class='bad'>kept</span>")
+        gate = "-"
+        if deployment:
+            gate = "<span class='good'>deployed</span>" if deployment.get("deploy") else "<span class='bad'>kept</span>"
         links = []
         if summary.validation_dir is not None:
             links.append(_link(summary.validation_dir / "validation.md", "validation", base))
@@ -595,20 +599,29 @@ def _quarantine_section(days: list[DaySummary], base: Path) -> str:
         validation_file = entry.folder / "validation.json"
         validation = json.loads(validation_file.read_text()) if validation_file.exists() else None
         failed = "<br>".join(_e(expectation_text(outcome)) for outcome in failed_outcomes(validation)) or "-"
-        released = "released" if entry.release else ("interrupted quarantine" if not entry.complete else "held")
+        released = quarantine_status(entry)
         rows.append(
-            f"<tr><td>{_e(entry.day)}</td><td>{_e(entry.data_version)}</td><td>{_e(entry.record.get('quarantined_at', '-'))}</td>"
+            f"<tr><td>{_e(entry.day)}</td><td>{_e(entry.data_version)}</td><td class='time'>{_e(entry.record.get('quarantined_at', '-'))}</td>"
             f"<td>{failed}</td><td>{_e(released)}</td><td>{_link(entry.folder, 'folder', base)}</td></tr>"
         )
     head = "".join(f"<th>{name}</th>" for name in ("day", "data version", "quarantined at", "failed expectations", "status", "files"))
     return f"<h2>Quarantine</h2><table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
+def quarantine_status(entry: QuarantineEntry) -> str:
+    """Return ``released``, ``held`` or ``interrupted`` (the copy stopped before ``quarantine.json``)."""
+    if entry.release:
+        return "released"
+    if not entry.complete:
+        return "interrupted"
+    return "held"
+
+
 def _alerts_section(alerts: list[dict]) -> str:
     if not alerts:
         return "<h2>Alerts</h2><p>No alert has been raised.</p>"
     rows = "".join(
-        f"<tr><td>{_e(alert.get('time', ''))}</td><td>{_e(alert.get('kind', ''))}</td><td>{_e(alert.get('day', ''))}</td><td>{_e(alert.get('message', ''))}</td></tr>"
+        f"<tr><td class='time'>{_e(alert.get('time', ''))}</td><td>{_e(alert.get('kind', ''))}</td><td class='time'>{_e(alert.get('day', ''))}</td><td>{_e(alert.get('message', ''))}</td></tr>"
         for alert in reversed(alerts)
     )
     return f"<h2>Alerts (newest first, at most {MAX_ALERTS})</h2><table><thead><tr><th>time</th><th>kind</th><th>day</th><th>message</th></tr></thead><tbody>{rows}</tbody></table>"

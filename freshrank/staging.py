@@ -31,6 +31,7 @@ from freshrank.increments import (
     Increment,
     file_digest,
     increment_files,
+    landing_file_digest,
     outside_landing,
     read_increment,
     version_of_digests,
@@ -58,7 +59,7 @@ class StagedIncrement:
     files: tuple[str, ...]
     data_version: str
     read_error: str | None = None
-    """Why the files could not be read, naming file and row; None when they were read."""
+    """Message of the read error, naming file and row; None when the files were read."""
     cleaning: dict[str, int] = field(default_factory=dict)
     """Count of each repair made while reading (see ``Increment.cleaning``)."""
 
@@ -147,12 +148,9 @@ def _stage_unreadable(settings: Settings, day: date, error: IncrementError) -> S
 
 
 def _digest_inside_landing(path: Path, landing: Path) -> str:
-    """Hash a landing file, or only the target's path when the file resolves outside the landing folder."""
-    outside = outside_landing(path, landing)
-    if outside is not None:
-        return f"outside-landing:{outside}"
+    """Hash a landing file as ``landing_file_digest`` does; a file that cannot be opened gets a marker."""
     try:
-        return file_digest(path)
+        return landing_file_digest(path, landing)
     except OSError as exc:
         return f"unreadable:{path.name}:{type(exc).__name__}"
 
@@ -294,6 +292,9 @@ def quarantine_increment(
             changed.append(name)
     write_json_atomic(folder / "validation.json", report)
     _write_text_atomic(folder / "validation.md", summary)
+    now = datetime.now(timezone.utc).isoformat()
+    earlier = folder / QUARANTINE_RECORD
+    first_time = json.loads(earlier.read_text()).get("quarantined_at", now) if earlier.exists() else now
     write_json_atomic(
         folder / QUARANTINE_RECORD,
         {
@@ -303,7 +304,8 @@ def quarantine_increment(
             "copies": copied,
             "not_copied": skipped,
             "changed_since_staging": changed,
-            "quarantined_at": datetime.now(timezone.utc).isoformat(),
+            "quarantined_at": first_time,
+            "last_validated_at": now,
         },
     )
     for entry in skipped:

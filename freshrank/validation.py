@@ -39,8 +39,8 @@ ROW_FINGERPRINT_COLUMN = "_row_fingerprint"
 """Column added to the batch for the duplicate check: a 64-bit hash of each row's values."""
 
 USER_SHARE_COLUMN = "_user_event_share"
-"""Column added to the batch for the bot check: the fraction of the day's rows that the row's
-``user_id`` has; null for rows without a user."""
+"""Column added to the batch for the bot check: the fraction of the day's rows made by the row's
+``user_id``. It is null for rows without a user."""
 
 DERIVED_COLUMNS: dict[str, str | None] = {ROW_FINGERPRINT_COLUMN: None, USER_SHARE_COLUMN: "user_id"}
 """Columns added to the batch at validation time, with the increment column each is computed from."""
@@ -49,7 +49,7 @@ READ_CHECK = "files_readable"
 """Check name of the outcome that reports files which could not be read (no GE run)."""
 
 EXAMPLE_TEXT_CHARACTERS = 200
-"""Longest text kept of one value in example rows; a 10 kB id is cut to this many characters."""
+"""Maximum characters kept of one text value in example rows; a 10 kB id is cut to this length."""
 
 MIN_TRAILING_DAYS = 3
 """Minimum number of trailing daily row counts for the volume check to run."""
@@ -649,7 +649,12 @@ def _distinct_examples(frame: pd.DataFrame, column: str | None, positions: list)
         return ""
     shown: list[str] = []
     for value in frame[column].iloc[list(positions)]:
-        text = "null" if pd.isna(value) else repr(_short(value.isoformat() if hasattr(value, "isoformat") else str(value)))
+        if pd.isna(value):
+            text = "null"
+        elif hasattr(value, "isoformat"):
+            text = repr(_short(value.isoformat()))
+        else:
+            text = repr(_short(str(value)))
         if text not in shown:
             shown.append(text)
     return ", ".join(shown[:3])
@@ -721,7 +726,7 @@ def _write_atomic(path: Path, text: str) -> None:
 def unreadable_result(day: date, read_error: dict, files: list[str]) -> ValidationResult:
     """Return a failed result for an increment whose files could not be read.
 
-    Great Expectations cannot run without rows, so the result holds one outcome,
+    Great Expectations cannot run without rows, so the result contains one outcome,
     ``files_readable``, whose note is the read error: the file, the row or line, the
     column and what to do.
 

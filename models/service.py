@@ -20,6 +20,7 @@ annotations at runtime, and the request models are built per app from ``serving`
 
 import gc
 import logging
+import math
 import os
 import sqlite3
 import time
@@ -131,17 +132,42 @@ def _input_error_response(request: Request, exc: RankingInputError) -> JSONRespo
     return JSONResponse(status_code=422, content={"error": "invalid request", "message": str(exc)})
 
 
+class _RepeatLimiter:
+    """Lets the same error message through to the log once per interval and counts the rest."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def check(self, message: str) -> int | None:
+        """Return how many repeats were held back if ``message`` may be logged now, else None."""
+        now = time.monotonic()
+        last, held_back = self._last.get(message, (-math.inf, 0))
+        if now - last < self.interval_s:
+            self._last[message] = (last, held_back + 1)
+            return None
+        self._last[message] = (now, 0)
+        return held_back
+
+
+_error_log_limiter = _RepeatLimiter(interval_s=60.0)
+"""Error responses repeat at the request rate during an outage; each message is logged once a minute."""
+
+
 def _unavailable_response(request: Request, exc: Exception) -> JSONResponse:
-    logger.error("%s %s: service unavailable: %s", request.method, request.url.path, exc)
+    message = f"{type(exc).__name__}: {exc}"
+    held_back = _error_log_limiter.check(message)
+    if held_back is not None:
+        logger.error("%s %s: service unavailable (%d repeats not logged): %s", request.method, request.url.path, held_back, message)
     return JSONResponse(status_code=503, content={"error": "service unavailable", "message": str(exc)})
 
 
 def _internal_error_response(request: Request, exc: Exception) -> JSONResponse:
-    logger.exception("%s %s failed", request.method, request.url.path, exc_info=exc)
-    return JSONResponse(
-        status_code=500,
-        content={"error": "internal error", "message": f"{type(exc).__name__}: {exc}; see the service log"},
-    )
+    message = f"{type(exc).__name__}: {exc}"
+    held_back = _error_log_limiter.check(message)
+    if held_back is not None:
+        logger.error("%s %s failed (%d repeats not logged)", request.method, request.url.path, held_back, exc_info=exc)
+    return JSONResponse(status_code=500, content={"error": "internal error", "message": f"{message}; see the service log"})
 
 
 # Metrics
@@ -378,7 +404,7 @@ def create_app(settings: Settings) -> FastAPI:
         return JSONResponse(body)
 
     def empty(endpoint: str, state: ServingState, user_id: str, **extra: Any) -> Response:
-        """Answer a request without candidates (a search without matches)."""
+        """Return the response to a request without candidates (a search without matches)."""
         variant, model = engine.choose_model(state, user_id)
         return JSONResponse(
             {"request_id": uuid.uuid4().hex, "user_id": user_id, "variant": variant, "model_version": model.version,

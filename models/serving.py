@@ -19,6 +19,7 @@ without history, so the model has learned a score for them. Responses list them 
 from __future__ import annotations
 
 import bisect
+import functools
 import logging
 import math
 import os
@@ -95,7 +96,7 @@ class FeatureLayout:
         if len(set(model_columns)) != len(model_columns):
             raise FeatureStoreError(
                 f"feature names repeat across views {list(FEATURE_VIEWS)}; each feature name must be unique "
-                "because the online response and the model use names without the view prefix"
+                "because the model's input columns are named by feature name alone"
             )
         index = {name: position for position, name in enumerate(model_columns)}
         positions = {view: np.array([index[name] for name in names], dtype=np.intp) for view, names in view_columns.items()}
@@ -460,7 +461,7 @@ class CandidateSource:
     Attributes:
         popular: Item ids, most popular first.
         by_category: Per category, its item ids, most popular first.
-        user_categories: Per user, the categories with most events in the window, first first.
+        user_categories: Per user, its categories in the window, most events first.
         built_for: Champion version at build time; a new deployment triggers a rebuild.
         newest_day: Newest published event day (ISO), or None for an empty warehouse.
         built_at: Unix time of the build.
@@ -481,8 +482,9 @@ class CandidateSource:
         chosen.update(dict.fromkeys(self.popular[:popular]))
         return list(chosen)
 
+    @functools.cached_property
     def popularity_rank(self) -> dict[str, int]:
-        """Return each popular item's position in ``popular`` (0 = most popular)."""
+        """Position of each popular item in ``popular`` (0 = most popular), computed once."""
         return {item: position for position, item in enumerate(self.popular)}
 
 
@@ -912,7 +914,7 @@ class ServingEngine:
         if state.catalogue is None or state.candidates is None:
             raise ServingUnavailableError(f"the search catalogue is not loaded: {state.candidates_error}")
         matches = state.catalogue.search(query)
-        rank_of = state.candidates.popularity_rank()
+        rank_of = state.candidates.popularity_rank
         unranked = len(rank_of)
         ordered = sorted(matches, key=lambda item: (rank_of.get(item, unranked), item))
         return ordered[: self.settings.serving.max_candidates], len(matches)

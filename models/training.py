@@ -22,6 +22,7 @@ import xgboost as xgb
 
 from freshrank.config import TrainingConfig
 from freshrank.errors import FeatureMismatchError, TrainingDataError
+from models.evaluation import evaluate
 
 logger = logging.getLogger(__name__)
 
@@ -186,6 +187,35 @@ def predict(booster: xgb.Booster, rows: pd.DataFrame, feature_columns: Sequence[
         return np.empty(0, dtype=np.float64)
     scores = booster.inplace_predict(matrix, validate_features=False)
     return np.asarray(scores, dtype=np.float64)
+
+
+def score_rows(booster: xgb.Booster, rows: pd.DataFrame, feature_columns: Sequence[str], threshold: float) -> dict:
+    """Score rows with a model and compute its ranking and threshold metrics.
+
+    Args:
+        booster: A binary:logistic model.
+        rows: Training rows (see the module docstring); query groups are (``event_day``, ``user_id``).
+        feature_columns: The model's feature columns, in order.
+        threshold: Operating threshold of precision, recall and F1.
+
+    Returns:
+        The metrics of ``models.evaluation.evaluate``, or ``{"rows": 0}`` for no rows.
+
+    Raises:
+        FeatureMismatchError: ``feature_columns`` differ from the model's features.
+        TrainingDataError: Rows miss a key, label or feature column.
+    """
+    if rows.empty:
+        return {"rows": 0}
+    _require_columns(rows, [DAY_COLUMN, USER_COLUMN, LABEL_COLUMN], purpose="scoring")
+    scores = predict(booster, rows, feature_columns)
+    groups = (rows[DAY_COLUMN].astype(str) + "|" + rows[USER_COLUMN].astype(str)).to_numpy()
+    return evaluate(rows[LABEL_COLUMN].to_numpy(), scores, groups, threshold)
+
+
+def model_size_bytes(booster: xgb.Booster) -> int:
+    """Return the size of the model saved as XGBoost UBJSON, the format the registry stores."""
+    return len(booster.save_raw("ubj"))
 
 
 def tree_count(booster: xgb.Booster) -> int:

@@ -3,7 +3,7 @@
 The sensor reads the asset check executions and the ``prediction_drift`` materializations
 recorded after its cursor. Alerts carry keys: a failure of ``check_increment_valid`` gets the
 same key as the alert ``validate_staged`` raised for the quarantined version, and a drift
-alert the key of ``drift_alert_key``, so the log holds each alert once however many times the
+alert the key of ``drift_alert_key``, so the log contains each alert once however many times the
 sensor, a rerun or the asset itself reports it. That also makes it safe to look at an
 execution twice, which the cursor allows for a check still running at the last tick.
 """

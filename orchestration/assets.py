@@ -33,7 +33,8 @@ from freshrank.records import read_record, write_record
 from freshrank.staging import load_staged, stage_increment
 from freshrank.training_rows import build_training_rows, read_training_rows, stored_training_days, write_training_rows
 from freshrank.warehouse import publish_increment
-from models import lifecycle
+from models import lifecycle, shadow
+from models.lineage import describe_lineage, lineage_markdown
 from models.training import predict
 from orchestration.metadata import clean_metadata
 from orchestration.partitions import daily_partitions, previous_day, trailing_window
@@ -55,7 +56,7 @@ def build_assets(settings: Settings) -> tuple[list[AssetsDefinition], list]:
     @asset(partitions_def=partitions, group_name="ingestion", kinds={"parquet"})
     def increment(context: AssetExecutionContext, freshrank: FreshrankHome) -> MaterializeResult:
         """The day's delivered landing files (``landing/YYYY-MM-DD/``), typed into the canonical schema and
-        staged in ``staging/YYYY-MM-DD.parquet`` for validation; the data version is a hash of the files' bytes."""
+        staged in ``staging/YYYY-MM-DD.parquet`` for validation. Its data version is a hash of the files' bytes."""
         staged = stage_increment(freshrank.settings(), _day(context))
         return MaterializeResult(
             metadata={
@@ -148,18 +149,18 @@ def build_assets(settings: Settings) -> tuple[list[AssetsDefinition], list]:
         write_record(settings, "training_rows", day, record)
         return MaterializeResult(metadata=clean_metadata(record))
 
+    # The prequential evaluation also scores the newest shadow of an earlier day, read from the
+    # shadow store. That edge is not declared: Dagster allows no cycle between assets except a
+    # self-dependency, and shadow -> challenger -> prequential -> shadow would be one. Runs of
+    # one home execute one at a time in partition order, so the earlier day's shadow is stored.
     @asset(partitions_def=partitions, deps=[training_rows], group_name="model", kinds={"xgboost"})
     def prequential_evaluation(context: AssetExecutionContext, freshrank: FreshrankHome) -> MaterializeResult:
-        """The champion's (and the previous challenger's) metrics on the day, before training on it."""
+        """The champion's, the previous challenger's and the shadow's metrics on the day, before training on it."""
         settings = freshrank.settings()
         day = _day(context)
         record = lifecycle.prequential_evaluation(settings, day)
         write_record(settings, "prequential_evaluation", day, record)
-        metadata = {"champion": record["champion"] or "none", "rows": record["rows"]}
-        for prefix, key in (("champion", "champion_metrics"), ("previous_challenger", "previous_challenger_metrics")):
-            for name, value in (record.get(key) or {}).items():
-                metadata[f"{prefix}_{name}"] = value
-        return MaterializeResult(metadata=clean_metadata(metadata))
+        return MaterializeResult(metadata=_prequential_metadata(record))
 
     @asset(
         partitions_def=partitions,
@@ -168,24 +169,21 @@ def build_assets(settings: Settings) -> tuple[list[AssetsDefinition], list]:
         kinds={"xgboost"},
     )
     def challenger_model(context: AssetExecutionContext, freshrank: FreshrankHome) -> MaterializeResult:
-        """The day's challenger: the champion plus new trees on the day, or a full train when due."""
+        """The day's challenger: the champion plus new trees on the trailing days, or a full train (rebase)."""
         settings = freshrank.settings()
         day = _day(context)
         result = lifecycle.train_challenger(settings, day)
         write_record(settings, "challenger_model", day, result.to_dict())
-        metadata = {
-            "version": result.version or "none",
-            "kind": result.kind,
-            "parent": result.parent or "none",
-            "tree_count": result.trees,
-            "training_rows": result.training_rows,
-            "holdout_rows": result.holdout_rows,
-            "skipped_reason": result.skipped_reason,
-        }
-        for prefix, values in (("holdout", result.challenger_holdout), ("champion_holdout", result.champion_holdout)):
-            for name, value in values.items():
-                metadata[f"{prefix}_{name}"] = value
-        return MaterializeResult(metadata=clean_metadata(metadata))
+        return MaterializeResult(metadata=_challenger_metadata(result))
+
+    @asset(partitions_def=partitions, deps=[training_rows, challenger_model], group_name="model", kinds={"xgboost"})
+    def shadow_full_retrain(context: AssetExecutionContext, freshrank: FreshrankHome) -> MaterializeResult:
+        """A full retrain on the trailing window, on the policy's schedule, scored next to the champion; never deployed."""
+        settings = freshrank.settings()
+        day = _day(context)
+        result = shadow.shadow_full_retrain(settings, day)
+        write_record(settings, shadow.SHADOW_STAGE, day, result.to_dict())
+        return MaterializeResult(metadata=_shadow_metadata(result))
 
     @asset(partitions_def=partitions, deps=[challenger_model], group_name="model", kinds={"evidently"})
     def prediction_drift(context: AssetExecutionContext, freshrank: FreshrankHome) -> MaterializeResult:
@@ -210,10 +208,9 @@ def build_assets(settings: Settings) -> tuple[list[AssetsDefinition], list]:
         """The gate's decision for the day's challenger and the champion serving afterwards."""
         from orchestration.deploy import deploy_day
 
-        record = deploy_day(freshrank.settings(), _day(context))
-        metadata = clean_metadata({k: v for k, v in record.items() if k != "reasons"})
-        metadata["reasons"] = MetadataValue.json(record["reasons"])
-        return MaterializeResult(metadata=metadata)
+        settings = freshrank.settings()
+        record = deploy_day(settings, _day(context))
+        return MaterializeResult(metadata=_deployment_metadata(settings, record))
 
     assets = [
         increment,
@@ -223,6 +220,7 @@ def build_assets(settings: Settings) -> tuple[list[AssetsDefinition], list]:
         training_rows,
         prequential_evaluation,
         challenger_model,
+        shadow_full_retrain,
         prediction_drift,
         deployment,
     ]
@@ -294,3 +292,81 @@ def _drift_record(settings: Settings, day: date) -> dict:
             {"drifted_columns": result.drifted_columns, "report": record["html_path"]},
         )
     return record
+
+
+def _flat_metrics(metadata: dict, prefix: str, values: dict | None) -> None:
+    for name, value in (values or {}).items():
+        metadata[f"{prefix}_{name}"] = value
+
+
+def _prequential_metadata(record: dict) -> dict:
+    metadata = {"champion": record["champion"] or "none", "rows": record["rows"]}
+    _flat_metrics(metadata, "champion", record.get("champion_metrics"))
+    _flat_metrics(metadata, "previous_challenger", record.get("previous_challenger_metrics"))
+    shadow_record = record.get("shadow")
+    if shadow_record:
+        metadata["shadow_day"] = shadow_record["day"]
+        metadata["shadow_lead"] = shadow_record["lead"]
+        _flat_metrics(metadata, "shadow", shadow_record["metrics"])
+    return clean_metadata(metadata)
+
+
+def _challenger_metadata(result: lifecycle.ChallengerResult) -> dict:
+    rebase = result.rebase or {}
+    metadata = {
+        "version": result.version or "none",
+        "kind": result.kind,
+        "parent": result.parent or "none",
+        "rebase_trigger": rebase.get("trigger"),
+        "rebase_reason": rebase.get("reason"),
+        "tree_count": result.trees,
+        "trees_added": result.trees_added,
+        "model_bytes": result.model_bytes,
+        "train_seconds": result.train_seconds,
+        "training_rows": result.training_rows,
+        "holdout_rows": result.holdout_rows,
+        "training_days": result.training_days,
+        "skipped_reason": result.skipped_reason,
+    }
+    _flat_metrics(metadata, "holdout", result.challenger_holdout)
+    _flat_metrics(metadata, "champion_holdout", result.champion_holdout)
+    return clean_metadata(metadata)
+
+
+def _shadow_metadata(result: shadow.ShadowResult) -> dict:
+    metadata = {
+        "due": result.due,
+        "reason": result.reason,
+        "champion": result.champion,
+        "challenger": result.challenger,
+        "metric": result.metric,
+        "skipped_reason": result.skipped_reason,
+    }
+    if result.due and result.skipped_reason is None:
+        metadata.update(
+            tree_count=result.trees,
+            model_bytes=result.model_bytes,
+            train_seconds=result.train_seconds,
+            training_rows=result.training_rows,
+            holdout_rows=result.holdout_rows,
+            training_days=result.training_days,
+            lead_over_champion=result.lead_over_champion,
+            lead_over_challenger=result.lead_over_challenger,
+        )
+        _flat_metrics(metadata, "shadow_holdout", result.shadow_holdout)
+        _flat_metrics(metadata, "champion_holdout", result.champion_holdout)
+        _flat_metrics(metadata, "challenger_holdout", result.challenger_holdout)
+    metadata = clean_metadata(metadata)
+    if result.model_path:
+        metadata["model"] = MetadataValue.path(result.model_path)
+    return metadata
+
+
+def _deployment_metadata(settings: Settings, record: dict) -> dict:
+    metadata = clean_metadata({k: v for k, v in record.items() if k not in ("reasons", "checks")})
+    metadata["reasons"] = MetadataValue.json(record["reasons"])
+    metadata["checks"] = MetadataValue.json(record.get("checks", []))
+    if record.get("champion"):
+        chain = describe_lineage(settings, record["champion"])
+        metadata["champion_lineage"] = MetadataValue.md(lineage_markdown(chain))
+    return metadata

@@ -33,7 +33,13 @@ from freshrank.increments import increment_files, landed_days, version_of_digest
 
 DATA_ASSETS: tuple[str, ...] = ("increment", "events", *FEATURE_VIEWS, "online_features")
 DOWNSTREAM_FEATURE_ASSETS: tuple[str, ...] = (*FEATURE_VIEWS, "online_features")
-MODEL_ASSETS: tuple[str, ...] = ("prequential_evaluation", "challenger_model", "prediction_drift", "deployment")
+MODEL_ASSETS: tuple[str, ...] = (
+    "prequential_evaluation",
+    "challenger_model",
+    "shadow_full_retrain",
+    "prediction_drift",
+    "deployment",
+)
 ALL_ASSETS: tuple[str, ...] = (*DATA_ASSETS, "training_rows", *MODEL_ASSETS)
 _DIGEST_CACHE = ".landing_digests.json"
 

@@ -1,4 +1,4 @@
-"""What the Dagster UI shows an operator: the ``daily_report`` asset and the validation check's metadata.
+"""The reporting side of the Dagster UI: the ``daily_report`` asset and the validation check's metadata.
 
 ``daily_report`` renders the report of the days up to its partition (``freshrank.report``) and
 attaches its plots as Markdown images with PNG data URIs. The UI's Markdown renderer of
@@ -31,7 +31,7 @@ from dagster import (
 )
 
 from freshrank.config import Settings
-from freshrank.validation import ValidationResult
+from freshrank.validation import ExpectationOutcome, ValidationResult
 from orchestration.partitions import daily_partitions
 from orchestration.resources import FreshrankHome
 
@@ -64,10 +64,11 @@ def build_report_assets(settings: Settings, partitions: PartitionsDefinition | N
         """Plots and summary of the days up to this one: prequential metrics per model version, drift per
         feature, rows per day with quarantined days marked, and feature freshness. Also written as
         ``reports/daily/YYYY-MM-DD/report.html`` under the freshrank home."""
+        # Imported here so that matplotlib loads only when a report is rendered, not with the definitions.
         from freshrank.report import write_report
 
         report = write_report(freshrank.settings(), until=date.fromisoformat(context.partition_key))
-        context.log.info("wrote %s", report.path)
+        context.log.info(f"wrote {report.path}")
         return MaterializeResult(metadata=daily_report_metadata(report))
 
     return [daily_report]
@@ -76,8 +77,8 @@ def build_report_assets(settings: Settings, partitions: PartitionsDefinition | N
 def daily_report_metadata(report: "Report") -> dict:
     """Return the materialization metadata of a ``freshrank.report.Report``.
 
-    Numbers are typed, so the UI plots them over partitions; the plots are Markdown images;
-    report files are paths.
+    Numbers are typed, so that the UI plots them over partitions. The plots are Markdown
+    images, and report files are paths.
     """
     from freshrank.plots import PLOT_TITLES
 
@@ -106,16 +107,16 @@ def validation_check_metadata(result: ValidationResult) -> dict:
     """Return check metadata with each expectation's observed value beside its threshold.
 
     ``expectations`` is a table of every expectation of the suite, failed ones first. Each failed
-    expectation also gets ``<check> observed`` and ``<check> threshold`` entries; a dict value is
-    split into one entry per key (``event_type_known observed unexpected_rows``), numbers stay
-    numbers and a list of values becomes comma-separated text.
+    expectation also gets ``<check> observed`` and ``<check> threshold`` entries. A dict value is
+    split into one entry per key (``event_type_known observed unexpected_rows``). Numbers stay
+    numbers, and a list of values becomes comma-separated text.
     """
     records = [
         TableRecord(
             {
                 "expectation": outcome.expectation,
                 "column": outcome.column or "(table)",
-                "status": "failed" if not outcome.success else ("not evaluated" if outcome.skipped else "passed"),
+                "status": _outcome_status(outcome),
                 "observed": _text(outcome.observed),
                 "threshold": _text(outcome.threshold),
             }
@@ -134,6 +135,14 @@ def validation_check_metadata(result: ValidationResult) -> dict:
 
 
 # --- Helpers ----------------------------------------------------------------------------------
+
+
+def _outcome_status(outcome: ExpectationOutcome) -> str:
+    if not outcome.success:
+        return "failed"
+    if outcome.skipped:
+        return "not evaluated"
+    return "passed"
 
 
 def _day_numbers(summary: "DaySummary") -> dict:
@@ -167,11 +176,12 @@ def _gate_text(gate: dict) -> str:
 
 
 def _summary_markdown(report: "Report") -> str:
+    from freshrank.plots import QUARANTINED
     from freshrank.report import expectation_text
 
     latest = report.latest
     days = report.days
-    quarantined = [summary for summary in days if summary.state == "quarantined"]
+    quarantined = [summary for summary in days if summary.state == QUARANTINED]
     lines = [
         f"**{latest.day}: {latest.state}**, report of {days[0].day} .. {latest.day}",
         "",
@@ -183,7 +193,9 @@ def _summary_markdown(report: "Report") -> str:
         drift = summary.record("prediction_drift").get("drift_share")
         gate = summary.record("deployment")
         check = {True: "passed", False: "**failed**", None: "-"}[summary.validation_passed]
-        decision = "-" if not gate else ("deployed" if gate.get("deploy") else "kept")
+        decision = "-"
+        if gate:
+            decision = "deployed" if gate.get("deploy") else "kept"
         lines.append(
             f"| {summary.day} | {summary.state} | {_cell(summary.rows_published)} | {check} | {_cell(metrics.get('auc'))} "
             f"| {_cell(metrics.get('ndcg_at_10'))} | {_cell(drift, 2)} | {decision} |"
@@ -195,7 +207,7 @@ def _summary_markdown(report: "Report") -> str:
 
 
 def _quarantine_markdown(report: "Report") -> str:
-    from freshrank.report import expectation_text, failed_outcomes
+    from freshrank.report import expectation_text, failed_outcomes, quarantine_status
 
     entries = [entry for summary in report.days for entry in summary.quarantines]
     if not entries:
@@ -205,7 +217,7 @@ def _quarantine_markdown(report: "Report") -> str:
         validation_file = entry.folder / "validation.json"
         validation = json.loads(validation_file.read_text()) if validation_file.exists() else None
         failed = "<br>".join(expectation_text(outcome) for outcome in failed_outcomes(validation)) or "-"
-        status = "released" if entry.release else ("held" if entry.complete else "interrupted")
+        status = quarantine_status(entry)
         lines.append(f"| {entry.day} | {entry.data_version} | {failed.replace('|', '/')} | {status} | `{entry.folder}` |")
     return "\n".join(lines) + "\n"
 

@@ -1,9 +1,9 @@
 """The bad-increment corpus: one small delivery per kind of defect found in real shop exports.
 
 Each kind turns a good day's events (the canonical frame of one synthetic day) into the
-files a broken export would deliver, writes them into a landing day folder, and states the
-expected outcome: quarantined with a message naming the cause, or accepted with the counts
-of the repairs. ``tests/test_bad_increments.py`` runs every kind through the daily loop.
+files a broken export would deliver and writes them into a landing day folder. It also states
+the expected outcome: quarantined with a message naming the cause, or accepted with the
+counts of the repairs. ``tests/test_bad_increments.py`` runs every kind through the daily loop.
 
 Run as a script to write the whole corpus as files, one folder per kind:
 

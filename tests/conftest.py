@@ -187,6 +187,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory):
     executable = shutil.which("redis-server")
     if executable is None:
         pytest.skip("redis-server is not on PATH; install it (apt-get install redis-server) to run the Redis online store tests")
+    pytest.importorskip("redis", reason="the redis client is needed to talk to redis-server (pip install freshrank[redis])")
     folder = tmp_path_factory.mktemp("redis")
     attempts = 3
     for attempt in range(attempts):

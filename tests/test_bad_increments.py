@@ -1,8 +1,8 @@
 """Bad increments through the daily loop: each corpus kind is quarantined with its cause, or accepted with counted repairs.
 
-One small home with four published days is built per module and copied per case. A rejected
-kind runs through the real Dagster job; the warehouse, the online store, the Parquet files
-and the deployed model must be exactly as before. An accepted kind runs through the staging,
+One small home with three published days is built per module and copied per case. A rejected
+kind runs through the real Dagster job, and afterwards the warehouse, the online store, the
+Parquet files and the deployed model must be exactly as before. An accepted kind runs through the staging,
 validation and publishing functions that ``freshrank ingest`` and the job share.
 """
 
@@ -24,7 +24,7 @@ import freshrank.increments
 import freshrank.quality
 from freshrank.alerts import CHECK_FAILED, DATA_QUALITY, DRIFT, RELEASED, read_alerts
 from freshrank.cli import app
-from freshrank.config import Settings, load_settings
+from freshrank.config import Settings, load_settings, save_settings
 from freshrank.errors import FreshrankError, QuarantineError
 from freshrank.increments import landed_days
 from freshrank.quality import release_increment, validate_staged
@@ -46,8 +46,8 @@ from tests.bad_increments import (
 )
 from tests.home_state import HomeState, home_state
 
-DAY = date(2024, 1, 5)
-BASE_DAYS = 4
+DAY = date(2024, 1, 4)
+BASE_DAYS = 3
 PARTITION_COUNTS = ("rows_in", "rows_published", "duplicates_dropped", "returns_set_aside", "rows_without_user")
 
 
@@ -62,14 +62,22 @@ class Base:
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Base:
-    settings = load_settings(tmp_path_factory.mktemp("bad_base") / "home")
-    generate_shop(settings.landing_dir, ShopSpec(days=BASE_DAYS + 1, users=150, items=60, seed=3))
+    settings = light_settings(tmp_path_factory.mktemp("bad_base") / "home")
+    generate_shop(settings.landing_dir, ShopSpec(days=BASE_DAYS + 1, users=200, items=60, seed=3))
     day_folder = settings.landing_dir / DAY.isoformat()
     frame = pd.read_parquet(day_folder / "events.parquet")
     shutil.rmtree(day_folder)
     runs = replay(settings, landed_days(settings.landing_dir))
     assert [run.success for run in runs] == [True] * BASE_DAYS, [(run.day, run.materialized) for run in runs]
     return Base(settings.home, frame, home_state(settings))
+
+
+def light_settings(home: Path) -> Settings:
+    """Settings of a small, fast home: few trees per model."""
+    settings = load_settings(home)
+    training = settings.training.model_copy(update={"full_train_trees": 30, "trees_per_day": 3})
+    save_settings(settings.model_copy(update={"training": training}))
+    return load_settings(home)
 
 
 def copy_home(base: Base, tmp_path: Path) -> Settings:
@@ -219,25 +227,27 @@ def test_fixed_delivery_published(base: Base, tmp_path: Path) -> None:
 def test_release_honoured_by_validation(base: Base, tmp_path: Path) -> None:
     settings = copy_home(base, tmp_path)
     write_kind(KINDS_BY_NAME["single_user_bot"], settings.landing_dir, DAY, base.frame)
-    instance = dagster_instance(settings)
-    rejected = run_day(settings, DAY, instance)
     runner = CliRunner()
     home = ["--home", str(settings.home)]
 
+    rejected = runner.invoke(app, ["ingest", "--day", DAY.isoformat(), *home])
     listed = runner.invoke(app, ["quarantine", "list", *home])
     shown = runner.invoke(app, ["quarantine", "show", DAY.isoformat(), *home])
     released = runner.invoke(app, ["quarantine", "release", DAY.isoformat(), "--reason", "load test by the shop, reviewed", *home])
-    published = run_day(settings, DAY, instance)
+    published = runner.invoke(app, ["ingest", "--day", DAY.isoformat(), *home])
 
-    assert rejected.check_passed is False
-    assert listed.exit_code == 0 and "top_user_share" in listed.output
-    assert shown.exit_code == 0 and "crawler-0001" in shown.output
+    assert isinstance(rejected.exception, FreshrankError)
+    assert listed.exit_code == 0
+    assert "top_user_share" in listed.output
+    assert shown.exit_code == 0
+    assert "crawler-0001" in shown.output
     assert released.exit_code == 0, released.output
     release = json.loads((only_quarantine(settings) / "release.json").read_text())
     assert release["reason"] == "load test by the shop, reviewed"
     assert release["failed_checks"] == ["top_user_share"]
-    assert published.check_passed is True
-    assert "events" in published.materialized
+    assert published.exit_code == 0, published.output
+    row = partition_rows(settings.warehouse_path).set_index("event_day").loc[pd.Timestamp(DAY)]
+    assert row["rows_published"] == len(base.frame)
     report = (settings.reports_dir / "validation" / DAY.isoformat() / "validation.md").read_text()
     assert "released for publishing" in report
     assert len(read_alerts(settings, kind=DATA_QUALITY)) == 1
@@ -302,14 +312,16 @@ def test_alerts_command_shows_all(base: Base, tmp_path: Path) -> None:
     stage_increment(settings, DAY)
     validate_staged(settings, DAY)
     runner = CliRunner()
+    home = ["--home", str(settings.home)]
 
-    listed = runner.invoke(app, ["alerts", "--home", str(settings.home)])
-    as_json = runner.invoke(app, ["alerts", "--json", "--kind", DATA_QUALITY, "--home", str(settings.home)])
+    listed = runner.invoke(app, ["alerts", "--details", *home])
+    everything = runner.invoke(app, ["alerts", "--json", *home])
+    quality = runner.invoke(app, ["alerts", "--json", "--kind", DATA_QUALITY, *home])
 
     assert listed.exit_code == 0
     assert "price_not_negative" in listed.output
-    assert DRIFT in listed.output
-    records = [json.loads(line) for line in as_json.output.splitlines()]
+    assert [json.loads(line) for line in everything.output.splitlines()] == read_alerts(settings)
+    records = [json.loads(line) for line in quality.output.splitlines()]
     assert [record["day"] for record in records] == [DAY.isoformat()]
     assert records[0]["details"]["failed"] == ["price_not_negative"]
 

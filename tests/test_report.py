@@ -18,7 +18,8 @@ import pytest
 from dagster import MetadataValue
 
 from freshrank.alerts import raise_alert
-from freshrank.config import Settings, load_settings
+from freshrank.config import DriftConfig, Settings, load_settings
+from freshrank.drift import check_drift
 from freshrank.errors import ReportError
 from freshrank.plots import (
     DRIFTED,
@@ -229,6 +230,21 @@ def test_drift_statuses(records_home):
         ("2024-03-04", "prediction"): DRIFTED,
     }
     assert data.drift_days["per_column"].tolist() == [True, False]
+
+
+def test_drift_statuses_from_evidently(records_home):
+    generator = np.random.default_rng(5)
+    reference = pd.DataFrame({"shifted": generator.normal(0, 1, 400), "steady": generator.normal(0, 1, 400), "empty": np.nan})
+    current = pd.DataFrame({"shifted": generator.normal(3, 1, 400), "steady": generator.normal(0, 1, 400), "empty": np.nan})
+    result = check_drift(reference, current, ["shifted", "steady", "empty"], DriftConfig(), html_path=None)
+    day = date(2024, 3, 2)
+    write_record(records_home, "prediction_drift", day, {
+        "drift_share": result.drift_share, "threshold": result.threshold, "alert": result.alert,
+        "drifted_columns": result.drifted_columns, "columns": result.columns,
+    })
+    statuses = plot_data(collect_days(records_home)).drift_columns
+    on_day = dict(zip(statuses[statuses["day"] == day]["column"], statuses[statuses["day"] == day]["status"]))
+    assert on_day == {"shifted": DRIFTED, "steady": NOT_DRIFTED, "empty": NOT_TESTED}
 
 
 def test_volume_frame(records_home):

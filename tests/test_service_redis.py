@@ -7,10 +7,11 @@ materialized into Redis with the same ``materialize_day`` that the daily loop ca
 from __future__ import annotations
 
 import pytest
-import redis
 
 from freshrank.config import Settings
 from tests.test_service import ServiceSuite, base_home, copy_home
+
+redis = pytest.importorskip("redis", reason="the redis client is needed for the Redis online store (pip install freshrank[redis])")
 
 
 class TestServiceRedis(ServiceSuite):

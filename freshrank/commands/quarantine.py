@@ -74,7 +74,7 @@ def show_command(
     for skipped in entry.record.get("not_copied", []):
         console.print(f"- {skipped['file']}: not copied, {skipped['reason']}", markup=False, highlight=False)
     for changed in entry.record.get("changed_since_staging", []):
-        console.print(f"- {changed}: changed after it was validated; the copy holds the newer bytes", markup=False, highlight=False)
+        console.print(f"- {changed}: changed after it was validated; the copy contains the newer bytes", markup=False, highlight=False)
     if entry.release:
         console.print("## Release", markup=False)
         console.print(json.dumps(entry.release, indent=2), markup=False, highlight=False)
