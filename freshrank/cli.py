@@ -225,6 +225,13 @@ def lineage(
     def metric(value: Optional[float]) -> str:
         return "-" if value is None else f"{value:.4f}"
 
+    def value_text(value: object) -> str:
+        if isinstance(value, float):
+            return f"{value:.4f}"
+        if isinstance(value, dict):
+            return ", ".join(f"{key} {value_text(item)}" for key, item in value.items())
+        return json.dumps(value)
+
     settings = _settings(home)
     chain = describe_lineage(settings, version)
     if as_json:
@@ -251,17 +258,24 @@ def lineage(
         )
     console.print(summary)
     for record in chain:
-        detail = Table(title=f"{record['version']}: training partitions and reports", show_header=True)
-        for column in ("partition", "data version", "validation", "report"):
+        detail = Table(title=f"{record['version']}: training partitions, checks and reports")
+        for column in ("entry", "name", "data version", "result", "path"):
             detail.add_column(column, overflow="fold")
         for partition in record["training_partitions"]:
             outcome = partition["validation"]
-            passed = {True: "passed", False: "FAILED", None: "not recorded"}[outcome.get("passed")]
+            result = {True: "validation passed", False: "validation FAILED", None: "no validation recorded"}[outcome.get("passed")]
             if outcome.get("released"):
-                passed += " (released)"
-            detail.add_row(partition["day"], partition["data_version"] or "-", passed, short_path(outcome.get("report"), settings.home))
+                result += " (released)"
+            detail.add_row("partition", partition["day"], partition["data_version"] or "-", result, short_path(outcome.get("report"), settings.home))
+        for check in (record["checks"].get("gate") or {}).get("checks", []):
+            result = {True: "passed", False: "FAILED", None: "not checked"}[check["passed"]]
+            if check.get("reason"):
+                result += f": {check['reason']}"
+            elif check.get("threshold") is not None:
+                result += f" (observed {value_text(check['observed'])}, threshold {value_text(check['threshold'])})"
+            detail.add_row("gate check", check["name"], "", result, "")
         for name, path in record["reports"].items():
-            detail.add_row("", "", name, short_path(path, settings.home))
+            detail.add_row("report", name, "", "", short_path(path, settings.home))
         console.print(detail)
 
 
