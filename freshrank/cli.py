@@ -17,7 +17,7 @@ from rich.table import Table
 from freshrank.config import Settings, load_settings, save_settings
 from freshrank.errors import FreshrankError
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True, help="Keep an e-commerce ranking model fresh, day by day.")
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None, no_args_is_help=True, help="Keep an e-commerce ranking model fresh, day by day.")
 features_app = typer.Typer(no_args_is_help=True, help="Compute, materialize and look up features.")
 app.add_typer(features_app, name="features")
 console = Console(width=None if sys.stdout.isatty() else 120)

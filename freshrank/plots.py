@@ -182,6 +182,7 @@ def draw_prequential_metrics(metrics: pd.DataFrame, days: list[date]) -> Figure:
                 zorder=2,
             )
         axis.set_ylabel(label)
+        axis.margins(y=0.2)  # room for the version labels above the points
         axis.grid(axis="y", alpha=0.3)
     _label_champion_changes(axes[0], rows, positions, colours)
     _day_axis(axes[-1], days)

@@ -184,6 +184,11 @@ def release_increment(
         raise QuarantineError("a release needs a reason: pass --reason with what was reviewed and why it may be published")
     entry = select_quarantined(settings, day, version)
     failed = failed_checks(entry)
+    if READ_CHECK in failed:
+        raise QuarantineError(
+            f"increment {day} (data version {entry.data_version}) cannot be released: its files could not be "
+            f"read, so there are no rows to publish. Deliver a corrected file for {day} instead."
+        )
     enforced = sorted(set(failed) & PUBLISH_ENFORCED_CHECKS)
     if enforced:
         raise QuarantineError(

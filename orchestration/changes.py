@@ -29,7 +29,13 @@ from dagster import AssetKey, DagsterInstance
 
 from freshrank.config import Settings
 from freshrank.features import FEATURE_VIEWS
-from freshrank.increments import increment_files, landed_days, version_of_digests
+from freshrank.increments import (
+    increment_files,
+    landed_days,
+    landing_file_digest,
+    outside_landing,
+    version_of_digests,
+)
 
 DATA_ASSETS: tuple[str, ...] = ("increment", "events", *FEATURE_VIEWS, "online_features")
 DOWNSTREAM_FEATURE_ASSETS: tuple[str, ...] = (*FEATURE_VIEWS, "online_features")
@@ -40,7 +46,8 @@ MODEL_ASSETS: tuple[str, ...] = (
     "prediction_drift",
     "deployment",
 )
-ALL_ASSETS: tuple[str, ...] = (*DATA_ASSETS, "training_rows", *MODEL_ASSETS)
+REPORT_ASSETS: tuple[str, ...] = ("daily_report",)
+ALL_ASSETS: tuple[str, ...] = (*DATA_ASSETS, "training_rows", *MODEL_ASSETS, *REPORT_ASSETS)
 _DIGEST_CACHE = ".landing_digests.json"
 
 
@@ -74,7 +81,11 @@ class DigestCache:
                 self.entries = {}
         self.dirty = False
 
-    def digest(self, file: Path) -> str:
+    def digest(self, file: Path, landing: Path) -> str:
+        outside = outside_landing(file, landing)
+        if outside is not None:
+            # Never read a file outside the landing folder; the marker matches the staged digest.
+            return landing_file_digest(file, landing)
         stat = file.stat()
         key = str(file)
         cached = self.entries.get(key)
@@ -103,7 +114,7 @@ def landed_versions(settings: Settings, cache: DigestCache | None = None) -> dic
     cache = cache or DigestCache(settings)
     versions = {}
     for day in landed_days(settings.landing_dir):
-        digests = [cache.digest(path) for path in increment_files(settings.landing_dir, day)]
+        digests = [cache.digest(path, settings.landing_dir) for path in increment_files(settings.landing_dir, day)]
         versions[day] = version_of_digests(digests)
     cache.save()
     return versions
@@ -150,7 +161,7 @@ def plan_runs(settings: Settings, instance: DagsterInstance) -> list[PlannedRun]
 
     for day in sorted(changed):
         kind = "new" if recorded_version(instance, "increment", day) is None else "changed"
-        add(day, DATA_ASSETS + ("training_rows",), f"{kind} increment {changed[day]}")
+        add(day, DATA_ASSETS + ("training_rows",) + REPORT_ASSETS, f"{kind} increment {changed[day]}")
         if newest_modelled is None or day > newest_modelled:
             add(day, MODEL_ASSETS, "newest day: continue the model chain")
         for offset in range(1, window):

@@ -5,4 +5,4 @@ cd "$(dirname "$0")/.."
 python3 -m venv .venv
 . .venv/bin/activate
 python -m pip install --quiet --upgrade pip
-python -m pip install --quiet -c constraints.txt -e ".[test,redis,dask]"
+python -m pip install --quiet -c constraints.txt -e ".[test,redis,dask,browser]"

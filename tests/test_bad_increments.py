@@ -265,6 +265,16 @@ def test_release_refused_for_enforced_check(base: Base, tmp_path: Path) -> None:
     assert not (only_quarantine(settings) / "release.json").exists()
 
 
+def test_release_refused_for_unreadable(base: Base, tmp_path: Path) -> None:
+    settings = copy_home(base, tmp_path)
+    write_kind(KINDS_BY_NAME["truncated_parquet"], settings.landing_dir, DAY, base.frame)
+    stage_increment(settings, DAY)
+    validate_staged(settings, DAY)
+
+    with pytest.raises(QuarantineError, match="files could not be read"):
+        release_increment(settings, DAY, "looks fine")
+
+
 def test_release_needs_reason(base: Base, tmp_path: Path) -> None:
     settings = copy_home(base, tmp_path)
     with pytest.raises(QuarantineError, match="needs a reason"):

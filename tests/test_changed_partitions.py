@@ -107,7 +107,7 @@ def test_corrected_day_recomputes_exact_set(ten_days):
     user = correct(settings, 4)
     runs = run_changes(settings)
     assert all(run.success for run in runs)
-    expected = Counter({("increment", "2024-01-04"): 1, ("events", "2024-01-04"): 1})
+    expected = Counter({("increment", "2024-01-04"): 1, ("events", "2024-01-04"): 1, ("daily_report", "2024-01-04"): 1})
     for n in range(4, 11):
         for asset in (*FEATURE_AND_ONLINE, "training_rows"):
             expected[(asset, day(n).isoformat())] = 1
@@ -148,7 +148,7 @@ def test_late_day_and_its_dependants(tmp_path):
     assert all(run.success for run in runs)
     late = day(4).isoformat()
     later = day(5).isoformat()
-    expected = Counter({(asset, late): 1 for asset in ("increment", "events", *FEATURE_AND_ONLINE, "training_rows")})
+    expected = Counter({(asset, late): 1 for asset in ("increment", "events", *FEATURE_AND_ONLINE, "training_rows", "daily_report")})
     expected.update({(asset, later): 1 for asset in (*FEATURE_AND_ONLINE, "training_rows")})
     assert materializations_since(instance, cursor) == expected
     features = pd.read_parquet(settings.offline_dir / "user_features" / f"{later}.parquet").set_index("user_id")

@@ -14,6 +14,7 @@ from freshrank.config import ValidationConfig
 from freshrank.errors import ConfigError
 from freshrank.schema import INCREMENT_COLUMNS
 from freshrank.validation import (
+    DERIVED_COLUMNS,
     ExpectationOutcome,
     ValidationResult,
     day_bounds_utc,
@@ -119,7 +120,7 @@ def test_clean_increment_passes():
     assert result.failed() == []
     assert result.row_count == ROWS
     assert not any(item.skipped for item in result.outcomes)
-    assert len(result.outcomes) == 10
+    assert len(result.outcomes) == 19
 
 
 @pytest.mark.parametrize("expected", sorted(DEFECTS))
@@ -259,7 +260,7 @@ def test_results_do_not_leak_between_calls():
     clean = run(make_increment(seed=3))
     assert failed_names(broken) == {"item_id_not_null", "price_not_negative"}
     assert clean.success
-    assert clean.ge_result["statistics"]["evaluated_expectations"] == 10
+    assert clean.ge_result["statistics"]["evaluated_expectations"] == 19
 
 
 def test_frame_is_not_modified():
@@ -322,7 +323,7 @@ def test_suite_file_names_every_check():
     suite = json.loads((Path(__file__).resolve().parents[1] / "expectations" / "increment_suite.json").read_text())
     checks = [item["meta"]["check"] for item in suite["expectations"]]
     assert len(checks) == len(set(checks))
-    columns = {item["kwargs"].get("column") for item in suite["expectations"]} - {None, "_row_fingerprint"}
+    columns = {item["kwargs"].get("column") for item in suite["expectations"]} - {None, *DERIVED_COLUMNS}
     assert columns <= set(INCREMENT_COLUMNS)
 
 
