@@ -142,9 +142,24 @@ class ModelRegistry:
             "xgboost_version": xgb.__version__,
         }
         with self._writer_lock():
+            existing = self._same_model(day, kind, parent, record["model_sha256"])
+            if existing is not None:
+                # A rerun after a crash trains the same bytes again; keep one version of them.
+                logger.info("model of %s is already registered as %s", day, existing)
+                return existing
             version = self._publish_version(model_bytes, record)
         logger.info("registered %s (%s, parent %s, %d trees)", version, kind, parent, record["tree_count"])
         return version
+
+    def _same_model(self, day: str, kind: str, parent: str | None, sha256: str) -> str | None:
+        """Return the version holding exactly this model for this day and parent, if any."""
+        for version in reversed(self.versions()):
+            meta = self.metadata(version)
+            if meta.get("day") != day:
+                continue
+            if (meta.get("kind"), meta.get("parent"), meta.get("model_sha256")) == (kind, parent, sha256):
+                return version
+        return None
 
     def update_metadata(self, version: str, **fields: object) -> dict:
         """Add or replace top-level metadata fields of a version, rewriting the file atomically.
