@@ -70,9 +70,11 @@ def run_demo(settings: Settings, days: int, source: tuple[str, Path] | None, con
         console.print("every landed day is already up to date; nothing was recomputed")
     print_summary(settings, [day.isoformat() for day in replay_days], console, runs)
     print_example_ranking(settings, console)
-    console.print(
-        f"\nDagster UI: DAGSTER_HOME={settings.dagster_home} FRESHRANK_HOME={settings.home} dagster dev"
-    )
+    from freshrank.report import write_report
+
+    report = write_report(settings)
+    console.print(f"\nreport with plots: {report.path}")
+    console.print(f"Dagster UI: DAGSTER_HOME={settings.dagster_home} FRESHRANK_HOME={settings.home} dagster dev")
 
 
 def _fmt(value: object, digits: int = 3) -> str:
