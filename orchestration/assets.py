@@ -275,6 +275,7 @@ def _drift_record(settings: Settings, day: date) -> dict:
         "reference_days": [d.isoformat() for d in reference_days],
         "drift_share": result.drift_share,
         "drifted_columns": result.drifted_columns,
+        "columns": result.columns,
         "alert": result.alert,
         "threshold": result.threshold,
         "html_path": str(result.html_path) if result.html_path else None,
@@ -282,7 +283,7 @@ def _drift_record(settings: Settings, day: date) -> dict:
         "prediction_std": float(np.std(current["prediction"])),
     }
     if result.alert:
-        from freshrank.alerts import raise_alert
+        from freshrank.alerts import drift_alert_key, raise_alert
 
         raise_alert(
             settings,
@@ -290,6 +291,7 @@ def _drift_record(settings: Settings, day: date) -> dict:
             day.isoformat(),
             f"drift share {result.drift_share:.2f} over threshold {result.threshold} on {day}",
             {"drifted_columns": result.drifted_columns, "report": record["html_path"]},
+            key=drift_alert_key(day.isoformat(), version),
         )
     return record
 
