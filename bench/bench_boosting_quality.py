@@ -24,6 +24,8 @@ a behaviour shift half-way and reports how fast each strategy recovers.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -31,7 +33,7 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
 
@@ -91,6 +93,16 @@ class StrategyRun:
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame([score.__dict__ for score in self.scores])
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(self), indent=1, default=str))
+
+    @classmethod
+    def load(cls, path: Path) -> StrategyRun:
+        record = json.loads(path.read_text())
+        record["scores"] = [DayScore(**score) for score in record["scores"]]
+        return cls(**record)
 
     def summary(self) -> dict:
         frame = self.frame()
@@ -227,22 +239,46 @@ def _count_policy_day(run: StrategyRun, challenger, shadow_result, triggers: dic
         run.full_trains += 1
 
 
-def replay_dataset(home: BenchHome, work_dir: Path, warmup: int, window: int, strategies: list[str]) -> list[StrategyRun]:
-    """Replay the chosen strategies on one bench home, cheapest first."""
+def replay_dataset(home: BenchHome, work_dir: Path, warmup: int, window: int, strategies: list[str], reuse: list[str]) -> list[StrategyRun]:
+    """Replay the chosen strategies on one bench home, in the order given.
+
+    A strategy named in ``reuse`` is read from the run saved by an earlier invocation with
+    the same home, warm-up, window and training settings, when there is one.
+    """
     cache = RowCache(home)
     runs = []
     for name in strategies:
+        saved = _saved_run_path(work_dir, home, name, warmup, window)
+        if name in reuse and saved.exists():
+            runs.append(StrategyRun.load(saved))
+            logger.info("%s on %s: reused %s", name, home.name, saved)
+            continue
         start = time.perf_counter()
         if name == "policy":
-            runs.append(replay_policy(home, work_dir, warmup))
+            run = replay_policy(home, work_dir, warmup)
         elif name == "continued_naive":
-            runs.append(replay_naive(cache, home.days, warmup))
+            run = replay_naive(cache, home.days, warmup)
         elif name == "full_window":
-            runs.append(replay_full(cache, home.days, warmup, window, name, f"full retrain every day on the last {window} days"))
-        elif name == "full_all":
-            runs.append(replay_full(cache, home.days, warmup, None, name, "full retrain every day on all days so far"))
+            run = replay_full(cache, home.days, warmup, window, name, f"full retrain every day on the last {window} days")
+        else:
+            run = replay_full(cache, home.days, warmup, None, name, "full retrain every day on all days so far")
         logger.info("%s on %s took %.0f s", name, home.name, time.perf_counter() - start)
+        run.save(saved)
+        runs.append(run)
     return runs
+
+
+def _saved_run_path(work_dir: Path, home: BenchHome, name: str, warmup: int, window: int) -> Path:
+    """Return where a strategy's run is saved; the name changes with every setting that changes its result."""
+    full_train = POLICY.model_dump(include={"full_train_trees", "learning_rate", "max_depth", "seed", "nthread"})
+    settings = {
+        "policy": POLICY.model_dump(),
+        "continued_naive": {**NAIVE.model_dump(), "first_window": POLICY.full_train_window_days},
+        "full_window": {**full_train, "window": window},
+        "full_all": full_train,
+    }[name]
+    digest = hashlib.sha256(json.dumps([home.days[-1].isoformat(), warmup, settings], sort_keys=True).encode()).hexdigest()[:12]
+    return work_dir / "runs" / home.name / f"{name}-{digest}.json"
 
 
 def recovery(run: StrategyRun, shift_day: str, settle_days: int = 14, smooth_days: int = 3) -> dict:
@@ -329,7 +365,7 @@ def report(name: str, runs: list[StrategyRun], baseline: str = "full_all") -> li
 
 def run_uci(args: argparse.Namespace, work_dir: Path) -> dict:
     home = build_uci_home(work_dir, UCI_SOURCE, args.uci_days)
-    runs = replay_dataset(home, work_dir, args.warmup, args.window, args.strategies)
+    runs = replay_dataset(home, work_dir, args.warmup, args.window, args.strategies, args.reuse)
     summaries = report(f"UCI Online Retail, days {args.warmup + 1} to {len(home.days)}", runs)
     figure = plot_runs(runs, f"UCI Online Retail: prequential metrics after a {args.warmup}-day warm-up", IMG_DIR / "boosting_quality_uci.png")
     return {"home": home.name, "build_seconds": home.build_seconds, "summaries": summaries, "figure": str(figure.relative_to(REPO)), "daily": {run.name: run.frame().to_dict("records") for run in runs}}
@@ -340,7 +376,7 @@ def run_synthetic(args: argparse.Namespace, work_dir: Path) -> dict:
     shift_index = args.synthetic_days // 2
     home = build_synthetic_home(work_dir, spec, shift_index)
     shift_day = spec.day(shift_index).isoformat()
-    runs = replay_dataset(home, work_dir, args.synthetic_warmup, args.window, args.strategies)
+    runs = replay_dataset(home, work_dir, args.synthetic_warmup, args.window, args.strategies, args.reuse)
     summaries = report(f"the synthetic shop with a shift on {shift_day}", runs)
     recoveries = {run.name: recovery(run, shift_day) for run in runs}
     rows = [[name, *(round(value, 4) if isinstance(value, float) else value for value in entry.values())] for name, entry in recoveries.items()]
@@ -353,6 +389,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", nargs="+", choices=("uci", "synthetic"), default=["uci", "synthetic"], help="Replays to run.")
     parser.add_argument("--strategies", nargs="+", choices=("policy", "continued_naive", "full_window", "full_all"), default=["policy", "continued_naive", "full_window", "full_all"], help="Strategies to replay.")
+    parser.add_argument("--reuse", nargs="*", default=[], choices=("policy", "continued_naive", "full_window", "full_all"), help="Strategies to read from an earlier run with the same settings instead of replaying them.")
     parser.add_argument("--uci-days", type=int, default=180, help="Event days of UCI Online Retail to build and replay (the dataset has 305).")
     parser.add_argument("--warmup", type=int, default=60, help="UCI days before the first scored day.")
     parser.add_argument("--window", type=int, default=60, help="Trailing days of the full_window strategy.")

@@ -73,10 +73,10 @@ def build_uci_home(work_dir: Path, source: Path, days: int) -> BenchHome:
     Returns:
         The built home.
     """
-    home = work_dir / f"uci-{days}"
-    existing = _finished(home)
+    existing = _finished_uci(work_dir, days)
     if existing is not None:
         return existing
+    home = work_dir / f"uci-{days}"
     settings = load_settings(home)
     report = import_dataset("online-retail", source, settings.landing_dir, max_days=days)
     settings = settings.model_copy(update={"timezone": report.timezone})
@@ -137,6 +137,23 @@ def shifted_behaviour() -> Iterator[None]:
         mock.patch.object(synthetic, "REPEAT_SESSION_SHARE", SHIFTED_REPEAT_SESSION_SHARE),
     ):
         yield
+
+
+def _finished_uci(work_dir: Path, days: int) -> BenchHome | None:
+    """Return the smallest finished UCI home with at least ``days`` days, cut to its first ``days``.
+
+    Day ``d``'s training rows depend on days up to ``d`` only, so a longer home's first
+    days are the same as a shorter home's.
+    """
+    candidates = []
+    for marker in work_dir.glob(f"uci-*/{DAYS_FILE}"):
+        built = _finished(marker.parent)
+        if built is not None and len(built.days) >= days:
+            candidates.append(built)
+    if not candidates:
+        return None
+    smallest = min(candidates, key=lambda built: len(built.days))
+    return BenchHome(smallest.name, smallest.settings, smallest.days[:days], smallest.build_seconds)
 
 
 def _finished(home: Path) -> BenchHome | None:

@@ -99,6 +99,10 @@ class TrainingConfig(_Strict):
     shadow_comparison_days: int = Field(default=1, ge=1)
     """Prequential days, newest first, over which the shadow's lead over the champion is
     averaged; the degradation trigger waits until this many days were compared."""
+    rebase_from_shadow: bool = True
+    """On a ``degradation`` rebase, register the leading shadow as the new full train and
+    continue it on the trailing ``continued_window_days``, instead of training another full
+    model; this saves one full train per degradation rebase."""
     negatives_per_positive: int = 10
     """Popularity-sampled negatives per purchased item, for purchase-only data."""
     holdout_share: float = 0.2

@@ -23,6 +23,7 @@ from freshrank.feature_store import model_feature_names
 from freshrank.training_rows import read_training_rows
 from models.policy import (
     FULL,
+    TrainingPlan,
     lineage_root,
     partition_versions,
     plan_challenger,
@@ -123,7 +124,8 @@ class ChallengerResult:
     champion: str | None = None
     """Champion when the challenger was trained (the parent of a continued round)."""
     rebase: dict | None = None
-    """For a full train: trigger, reason, replaced champion and evidence (see ``models.policy.Rebase``)."""
+    """Trigger, reason, replaced champion and evidence of the day's rebase (see ``models.policy.Rebase``);
+    for a promoted shadow also ``promoted_version``. None for an ordinary continued round."""
     model_bytes: int = 0
     """Size of the model as XGBoost UBJSON, in bytes."""
     trees_added: int = 0
@@ -172,7 +174,11 @@ def train_challenger(settings: Settings, day: date) -> ChallengerResult:
         return result
 
     champion_model = registry.load(champion) if champion is not None else None
-    booster = _train(settings, plan.kind, champion_model, train, columns, result)
+    parent_model = champion_model
+    if plan.promote_shadow is not None:
+        result.parent, parent_model = _promote_shadow(settings, registry, plan, columns)
+        result.rebase = {**result.rebase, "promoted_version": result.parent}
+    booster = _train(settings, plan.kind, parent_model, train, columns, result)
     result.trees = tree_count(booster)
     result.model_bytes = model_size_bytes(booster)
     result.challenger_holdout = score(booster, holdout, settings)
@@ -181,6 +187,47 @@ def train_challenger(settings: Settings, day: date) -> ChallengerResult:
     crash_point("lifecycle.before_register")
     result.version = _register(settings, registry, booster, result, columns)
     return result
+
+
+def _promote_shadow(
+    settings: Settings, registry: ModelRegistry, plan: TrainingPlan, columns: list[str]
+) -> tuple[str, xgb.Booster]:
+    """Register the plan's shadow as a full version (once) and return it with its model.
+
+    The version carries the rebase record, so lineage shows the degradation rebase at the
+    full train where the chain restarts. A shadow promoted before (for a challenger the
+    gate rejected) is reused, not registered twice.
+    """
+    store = ShadowStore.of(settings)
+    shadow_day = plan.promote_shadow
+    booster = store.load(shadow_day)
+    for version in reversed(registry.versions()):
+        if (registry.metadata(version).get("extra") or {}).get("promoted_shadow") == shadow_day:
+            return version, booster
+    record = store.record(shadow_day)
+    version = registry.register(
+        booster,
+        day=shadow_day,
+        kind=FULL,
+        parent=None,
+        feature_columns=columns,
+        training_partitions=partition_versions(settings, record["training_days"]),
+        params=record["params"],
+        metrics={"holdout": record["shadow_holdout"], "champion_holdout": record["champion_holdout"]},
+        extra={
+            "rebase": plan.rebase.to_dict(),
+            "promoted_shadow": shadow_day,
+            "promoted_on": plan.day.isoformat(),
+            "training_rows": record["training_rows"],
+            "holdout_rows": record["holdout_rows"],
+            "trees_added": record["trees"],
+            "model_bytes": record["model_bytes"],
+            "train_seconds": record["train_seconds"],
+            "policy": settings.training.model_dump(),
+        },
+    )
+    logger.info("promoted the shadow of %s to %s: %s", shadow_day, version, plan.rebase.reason)
+    return version, booster
 
 
 def _train(
@@ -221,7 +268,8 @@ def _register(
         params={**training_params(training, learning_rate=learning_rate), "num_boost_round": trees},
         metrics={"holdout": result.challenger_holdout, "champion_holdout": result.champion_holdout},
         extra={
-            "rebase": result.rebase,
+            "rebase": result.rebase if result.kind == FULL else None,
+            "continues_promoted_shadow": result.rebase if result.kind != FULL else None,
             "champion": result.champion,
             "training_rows": result.training_rows,
             "holdout_rows": result.holdout_rows,

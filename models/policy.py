@@ -17,7 +17,9 @@ The first trigger that holds names the rebase, in this order:
     The latest shadow full retrain (see ``models.shadow``), trained after the champion's
     last full train, scored above the champion in the prequential evaluation by more than
     ``training.rebase_margin`` on ``gate.metric``, averaged over the newest
-    ``training.shadow_comparison_days`` days that compared them.
+    ``training.shadow_comparison_days`` days that compared them. With
+    ``training.rebase_from_shadow`` that shadow is registered as the new full train and
+    the day's challenger is a continued round from it, so no second full model is trained.
 ``schedule``
     ``training.rebase_every_days`` days or more have passed since the champion's last full
     train (off when 0).
@@ -93,7 +95,10 @@ class TrainingPlan:
     training_days: list[date]
     """Days whose training rows the challenger trains on, oldest first, ``day`` last."""
     rebase: Rebase | None = None
-    """Why the challenger is a full train; None for a continued round."""
+    """Why the chain is rebased today; None for an ordinary continued round."""
+    promote_shadow: str | None = None
+    """Day of the shadow that becomes the new full train, for a ``degradation`` rebase with
+    ``training.rebase_from_shadow``; the challenger then continues from it."""
 
 
 def plan_challenger(settings: Settings, registry: ModelRegistry, day: date) -> TrainingPlan:
@@ -109,12 +114,14 @@ def plan_challenger(settings: Settings, registry: ModelRegistry, day: date) -> T
     """
     champion = registry.champion()
     rebase = rebase_due(settings, registry, champion, day)
-    if rebase is not None:
-        days = trailing_days(settings, day, settings.training.full_train_window_days)
-        logger.info("challenger of %s is a full train: %s", day, rebase.reason)
-        return TrainingPlan(day, FULL, None, days, rebase)
-    days = trailing_days(settings, day, settings.training.continued_window_days)
-    return TrainingPlan(day, CONTINUED, champion, days, None)
+    continued_days = trailing_days(settings, day, settings.training.continued_window_days)
+    if rebase is None:
+        return TrainingPlan(day, CONTINUED, champion, continued_days)
+    if rebase.trigger == "degradation" and settings.training.rebase_from_shadow:
+        logger.info("challenger of %s continues the promoted shadow of %s: %s", day, rebase.evidence["shadow_day"], rebase.reason)
+        return TrainingPlan(day, CONTINUED, None, continued_days, rebase, promote_shadow=rebase.evidence["shadow_day"])
+    logger.info("challenger of %s is a full train: %s", day, rebase.reason)
+    return TrainingPlan(day, FULL, None, trailing_days(settings, day, settings.training.full_train_window_days), rebase)
 
 
 def rebase_due(settings: Settings, registry: ModelRegistry, champion: str | None, day: date | None) -> Rebase | None:

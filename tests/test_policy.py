@@ -22,7 +22,7 @@ from freshrank.training_rows import read_training_rows, stored_training_days, wr
 from freshrank.warehouse import connect
 from models import lifecycle, policy, shadow
 from models.lineage import describe_lineage
-from models.training import split_holdout
+from models.training import continue_training, split_holdout
 from orchestration.deploy import deploy_day
 from orchestration.replay import replay
 
@@ -201,20 +201,43 @@ def test_shadow_scored_next_day(policy_home):
     assert record["shadow"]["lead"] == pytest.approx(lead)
 
 
-def test_degradation_triggers_rebase(home_copy):
-    # A stored prequential record in which a shadow newer than the rebase of day 4 leads by 0.2.
+def _plant_shadow_lead(settings: Settings, day: date, shadow_day: date, lead: float) -> None:
+    """Store a prequential record of ``day`` in which the shadow of ``shadow_day`` leads the champion by ``lead``."""
+    record = read_record(settings, "prequential_evaluation", day)
+    record["shadow"] = {"day": shadow_day.isoformat(), "metric": "ndcg_at_10", "metrics": {}, "lead": lead}
+    write_record(settings, "prequential_evaluation", day, record)
+
+
+def test_degradation_triggers_full_rebase(home_copy):
     day = _day(6)
-    record = read_record(home_copy, "prequential_evaluation", day)
-    record["shadow"] = {"day": _day(5).isoformat(), "metric": "ndcg_at_10", "metrics": {}, "lead": 0.2}
-    write_record(home_copy, "prequential_evaluation", day, record)
-    strict = home_copy.model_copy(update={"training": POLICY.model_copy(update={"rebase_margin": 0.05, "max_trees": 1000})})
-    registry = policy.registry_for(strict)
-    plan = policy.plan_challenger(strict, registry, day)
+    _plant_shadow_lead(home_copy, day, _day(5), 0.2)
+    training = POLICY.model_copy(update={"rebase_margin": 0.05, "max_trees": 1000, "rebase_from_shadow": False})
+    strict = home_copy.model_copy(update={"training": training})
+    plan = policy.plan_challenger(strict, policy.registry_for(strict), day)
     assert plan.kind == "full"
     assert plan.rebase.trigger == "degradation"
     assert plan.rebase.evidence["mean_lead"] == pytest.approx(0.2)
     assert plan.rebase.evidence["shadow_day"] == _day(5).isoformat()
     assert plan.training_days == [_day(i) for i in (4, 5, 6)]
+
+
+def test_degradation_within_margin_continues(home_copy):
+    day = _day(6)
+    _plant_shadow_lead(home_copy, day, _day(5), 0.04)
+    strict = home_copy.model_copy(update={"training": POLICY.model_copy(update={"rebase_margin": 0.05, "max_trees": 1000})})
+    plan = policy.plan_challenger(strict, policy.registry_for(strict), day)
+    assert plan.kind == "continued"
+    assert plan.rebase is None
+
+
+def test_degradation_plans_shadow_promotion(home_copy):
+    day = _day(6)
+    _plant_shadow_lead(home_copy, day, _day(5), 0.2)
+    strict = home_copy.model_copy(update={"training": POLICY.model_copy(update={"rebase_margin": 0.05, "max_trees": 1000})})
+    plan = policy.plan_challenger(strict, policy.registry_for(strict), day)
+    assert plan.kind == "continued"
+    assert plan.promote_shadow == _day(5).isoformat()
+    assert plan.training_days == [_day(5), _day(6)]
 
 
 def test_degradation_ignores_shadow_before_rebase(home_copy):
@@ -292,3 +315,50 @@ def test_rollback_then_new_day_continues(home_copy):
     assert record["trees"] == registry.metadata(target)["tree_count"] + POLICY.trees_per_day
     chain = describe_lineage(home_copy, record["version"])
     assert [entry["version"] for entry in chain][1] == target
+
+
+def _deploy_degraded_champion(settings: Settings, day: date) -> str:
+    """Continue the champion on the day's rows with inverted labels at eta 1 and deploy the result."""
+    registry = policy.registry_for(settings)
+    champion = registry.champion()
+    rows = read_training_rows(settings, [day]).assign(label=lambda frame: 1 - frame["label"])
+    columns = registry.metadata(champion)["feature_columns"]
+    degraded = continue_training(registry.load(champion), rows, columns, POLICY.model_copy(update={"continued_learning_rate": 1.0, "trees_per_day": 10}))
+    version = registry.register(
+        degraded,
+        day=day.isoformat(),
+        kind="continued",
+        parent=champion,
+        feature_columns=columns,
+        training_partitions=policy.partition_versions(settings, [day.isoformat()]),
+        params={"planted": "inverted labels"},
+    )
+    registry.deploy(version, reason="test: planted degraded champion")
+    return version
+
+
+def test_degraded_chain_rebases_from_shadow(home_copy):
+    settings = home_copy.model_copy(update={"training": POLICY.model_copy(update={"rebase_margin": 0.05, "max_trees": 1000})})
+    save_settings(settings)
+    degraded = _deploy_degraded_champion(settings, _day(6))
+
+    new_day = _day(REPLAYED_DAYS)
+    write_day(settings.landing_dir, new_day.isoformat(), generate_day(SHOP, REPLAYED_DAYS))
+    assert replay(settings, [new_day])[0].success
+
+    prequential = read_record(settings, "prequential_evaluation", new_day)
+    assert prequential["champion"] == degraded
+    assert prequential["shadow"]["day"] == _day(6).isoformat()
+    assert prequential["shadow"]["lead"] > 0.05
+    record = read_record(settings, "challenger_model", new_day)
+    assert record["kind"] == "continued"
+    assert record["rebase"]["trigger"] == "degradation"
+    promoted = policy.registry_for(settings).metadata(record["parent"])
+    assert promoted["kind"] == "full"
+    assert promoted["extra"]["promoted_shadow"] == _day(6).isoformat()
+    assert promoted["extra"]["rebase"]["trigger"] == "degradation"
+    assert record["trees"] == POLICY.full_train_trees + POLICY.trees_per_day
+    chain = describe_lineage(settings, record["version"])
+    assert [entry["version"] for entry in chain] == [record["version"], record["parent"]]
+    assert chain[-1]["rebase"]["replaces"] == degraded
+    assert read_record(settings, "deployment", new_day)["champion"] == record["version"]
