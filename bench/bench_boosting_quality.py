@@ -15,7 +15,7 @@ of day ``d + 1``'s rows before anything trains on them (prequential evaluation):
 It reports, per strategy, the mean prequential AUC and NDCG@10, the cumulative training
 time (CPU seconds of the training calls, and their wall time), the final model size, and
 saves the daily curves as PNG under ``docs/img/``. The UCI Online Retail replay uses the
-first ``--uci-days`` days with a warm-up of ``--warmup`` days; the synthetic replay plants
+first ``--uci-days`` days with a warm-up of ``--warmup`` days. The synthetic replay plants
 a behaviour shift half-way and reports how fast each strategy recovers.
 
     nice python bench/bench_boosting_quality.py [--dataset uci synthetic] [--uci-days 180]
@@ -85,6 +85,9 @@ class StrategyRun:
     scores: list[DayScore] = field(default_factory=list)
     train_cpu_seconds: float = 0.0
     train_wall_seconds: float = 0.0
+    row_trees: int = 0
+    """Training rows times trees grown, summed over all training runs: a cost measure that
+    does not depend on the load of the machine."""
     cumulative_cpu: list[float] = field(default_factory=list)
     final_trees: int = 0
     final_bytes: int = 0
@@ -115,6 +118,7 @@ class StrategyRun:
             "mean_log_loss": float(frame["log_loss"].mean()),
             "train_cpu_seconds": self.train_cpu_seconds,
             "train_wall_seconds": self.train_wall_seconds,
+            "row_trees": self.row_trees,
             "final_trees": self.final_trees,
             "final_model_bytes": self.final_bytes,
             "full_trains": self.full_trains,
@@ -138,12 +142,12 @@ class RowCache:
         return DayScore(day.isoformat(), metrics["auc"], metrics["ndcg_at_10"], metrics["log_loss"], tree_count(booster))
 
 
-def _timed_train(run: StrategyRun, train) -> object:
+def _timed_train(run: StrategyRun, train, rows: int, trees: int) -> object:
     wall, cpu = time.perf_counter(), time.process_time()
     booster = train()
     run.train_wall_seconds += time.perf_counter() - wall
     run.train_cpu_seconds += time.process_time() - cpu
-    run.cumulative_cpu.append(run.train_cpu_seconds)
+    run.row_trees += rows * trees
     return booster
 
 
@@ -155,8 +159,9 @@ def replay_full(cache: RowCache, days: list[date], warmup: int, window: int | No
     for index in range(warmup - 1, len(days) - 1):
         first = 0 if window is None else max(0, index - window + 1)
         rows = cache.window(days[first : index + 1])
-        booster = _timed_train(run, lambda: train_full(rows, cache.columns, cfg))
+        booster = _timed_train(run, lambda: train_full(rows, cache.columns, cfg), len(rows), cfg.full_train_trees)
         run.full_trains += 1
+        run.cumulative_cpu.append(run.train_cpu_seconds)
         run.scores.append(cache.score(booster, days[index + 1]))
         logger.info("%s: %s scored %.4f", name, days[index + 1], run.scores[-1].ndcg_at_10 or float("nan"))
     run.final_trees, run.final_bytes = tree_count(booster), model_size_bytes(booster)
@@ -168,13 +173,15 @@ def replay_naive(cache: RowCache, days: list[date], warmup: int) -> StrategyRun:
     run = StrategyRun("continued_naive", "continued, 10 trees a day on the new day, never rebased")
     first_window = days[max(0, warmup - POLICY.full_train_window_days) : warmup]
     rows = cache.window(first_window)
-    booster = _timed_train(run, lambda: train_full(rows, cache.columns, POLICY))
+    booster = _timed_train(run, lambda: train_full(rows, cache.columns, POLICY), len(rows), POLICY.full_train_trees)
     run.full_trains = 1
+    run.cumulative_cpu.append(run.train_cpu_seconds)
     run.scores.append(cache.score(booster, days[warmup]))
     for index in range(warmup, len(days) - 1):
         rows = cache.rows[days[index]]
         parent = booster
-        booster = _timed_train(run, lambda: continue_training(parent, rows, cache.columns, NAIVE))
+        booster = _timed_train(run, lambda: continue_training(parent, rows, cache.columns, NAIVE), len(rows), NAIVE.trees_per_day)
+        run.cumulative_cpu.append(run.train_cpu_seconds)
         run.scores.append(cache.score(booster, days[index + 1]))
     run.final_trees, run.final_bytes = tree_count(booster), model_size_bytes(booster)
     return run
@@ -202,7 +209,7 @@ def replay_policy(home: BenchHome, work_dir: Path, warmup: int) -> StrategyRun:
     settings = policy_home(home, work_dir, POLICY)
     run = StrategyRun("policy", "freshrank policy (continued rounds, shadow, rebase)")
     triggers: dict[str, int] = {}
-    refused = 0
+    rejected = 0
     days = home.days
     for index in range(warmup - 1, len(days) - 1):
         day, next_day = days[index], days[index + 1]
@@ -212,7 +219,7 @@ def replay_policy(home: BenchHome, work_dir: Path, warmup: int) -> StrategyRun:
         write_record(settings, shadow.SHADOW_STAGE, day, shadow_result.to_dict())
         decision = deploy_day(settings, day)
         _count_policy_day(run, challenger, shadow_result, triggers)
-        refused += 0 if decision["deploy"] else 1
+        rejected += 0 if decision["deploy"] else 1
         # The next day's prequential evaluation is the policy's score: the champion on rows it never saw.
         record = lifecycle.prequential_evaluation(settings, next_day)
         write_record(settings, "prequential_evaluation", next_day, record)
@@ -223,17 +230,19 @@ def replay_policy(home: BenchHome, work_dir: Path, warmup: int) -> StrategyRun:
     registry = lifecycle.registry_for(settings)
     final = registry.load(registry.champion())
     run.final_trees, run.final_bytes = tree_count(final), model_size_bytes(final)
-    run.notes = {"rebases": triggers, "refused": refused, "shadows": len(shadow.ShadowStore.of(settings).days()), "home": str(settings.home)}
+    run.notes = {"rebases": triggers, "rejected": rejected, "shadows": len(shadow.ShadowStore.of(settings).days()), "home": str(settings.home)}
     return run
 
 
 def _count_policy_day(run: StrategyRun, challenger, shadow_result, triggers: dict[str, int]) -> None:
     run.train_cpu_seconds += challenger.train_cpu_seconds + shadow_result.train_cpu_seconds
     run.train_wall_seconds += challenger.train_seconds + shadow_result.train_seconds
+    run.row_trees += challenger.training_rows * challenger.trees_added + shadow_result.training_rows * shadow_result.trees
     run.cumulative_cpu.append(run.train_cpu_seconds)
     if challenger.kind == "full":
         run.full_trains += 1
-        trigger = (challenger.rebase or {}).get("trigger", "unknown")
+    if challenger.rebase:
+        trigger = challenger.rebase["trigger"]
         triggers[trigger] = triggers.get(trigger, 0) + 1
     if shadow_result.due and shadow_result.skipped_reason is None:
         run.full_trains += 1
@@ -284,9 +293,9 @@ def _saved_run_path(work_dir: Path, home: BenchHome, name: str, warmup: int, win
 def recovery(run: StrategyRun, shift_day: str, settle_days: int = 14, smooth_days: int = 3) -> dict:
     """Measure how a strategy's NDCG@10 behaves after a planted shift.
 
-    Returns the mean NDCG@10 over the first 7 and 14 days from the shift, the level it
-    settles at (mean over the last ``settle_days`` days), and the days from the shift until
-    the ``smooth_days`` rolling mean first reaches 95% of that level.
+    Returns the mean NDCG@10 over the first 7 and 14 days from the shift and the level it
+    settles at (the mean over the last ``settle_days`` days). It also returns the days from
+    the shift until the ``smooth_days`` rolling mean first reaches 95% of that level.
     """
     frame = run.frame()
     after = frame[frame["day"] >= shift_day].reset_index(drop=True)
@@ -345,6 +354,7 @@ def report(name: str, runs: list[StrategyRun], baseline: str = "full_all") -> li
         if base is not None:
             entry["ndcg_vs_full_all_percent"] = 100.0 * (entry["mean_ndcg_at_10"] / base["mean_ndcg_at_10"] - 1.0)
             entry["cpu_speedup_vs_full_all"] = base["train_cpu_seconds"] / max(entry["train_cpu_seconds"], 1e-9)
+            entry["row_tree_speedup_vs_full_all"] = base["row_trees"] / max(entry["row_trees"], 1)
         rows.append(
             [
                 entry["label"],
@@ -354,11 +364,12 @@ def report(name: str, runs: list[StrategyRun], baseline: str = "full_all") -> li
                 entry["train_cpu_seconds"],
                 entry["train_wall_seconds"],
                 f"{entry.get('cpu_speedup_vs_full_all', 0.0):.1f}x" if base else "-",
+                f"{entry.get('row_tree_speedup_vs_full_all', 0.0):.1f}x" if base else "-",
                 entry["final_trees"],
                 f"{entry['final_model_bytes'] / 1024:,.0f} KiB",
             ]
         )
-    header = ["strategy", "mean AUC", "mean NDCG@10", "NDCG@10 vs full_all", "training CPU s", "training wall s", "CPU time, full_all / this", "final trees", "final model size"]
+    header = ["strategy", "mean AUC", "mean NDCG@10", "NDCG@10 vs full_all", "training CPU s", "training wall s", "CPU s, full_all / this", "rows x trees, full_all / this", "final trees", "final model size"]
     print_table(f"Prequential quality on {name} ({summaries[0]['days']} days)", header, rows)
     return summaries
 

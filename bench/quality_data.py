@@ -1,9 +1,10 @@
 """Per-day training rows for the boosting-quality benchmark, built once and reused.
 
-A bench home is built with the pipeline's own stage functions, without Dagster, validation
-or the online store, which the model benchmark does not need: each day is staged, published
-to the warehouse, its three feature views are written, and its training rows are labelled
-and joined point-in-time with Feast (features as of the day before). A finished home has
+A bench home is built with the pipeline's own stage functions. Dagster, validation and the
+online store are left out, because the model benchmark does not need them. Each day is
+staged and published to the warehouse, its three feature views are written, and its
+training rows are labelled and joined point-in-time with Feast (features as of the day
+before). A finished home has
 ``bench_days.json`` listing its days; a later run with the same arguments reuses it.
 
 Two homes can be built:

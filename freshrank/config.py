@@ -68,22 +68,22 @@ class ValidationConfig(_Strict):
 class TrainingConfig(_Strict):
     """XGBoost training and continued-boosting policy."""
 
-    trees_per_day: int = 10
+    trees_per_day: int = 3
     """Trees appended to the champion by one continued-boosting round."""
     full_train_trees: int = 200
     """Trees of a full train (the first day, or a rebase)."""
     learning_rate: float = 0.1
     """Learning rate (eta) of full trains."""
-    continued_learning_rate: float = 0.05
+    continued_learning_rate: float = 0.02
     """Learning rate (eta) of continued-boosting rounds."""
     max_depth: int = 6
     """Maximum tree depth."""
-    full_train_window_days: int = 28
-    """Trailing days of training rows used by a full train."""
+    full_train_window_days: int = 60
+    """Trailing stored days of training rows used by a full train (first model, rebase, shadow)."""
     max_trees: int = 1000
     """Tree budget: when the champion's trees plus ``trees_per_day`` would pass it, the next
     challenger is a full train (a rebase with trigger ``tree_budget``)."""
-    continued_window_days: int = Field(default=7, ge=1)
+    continued_window_days: int = Field(default=14, ge=1)
     """Trailing stored days of training rows, the new day included, that a continued round
     trains on; 1 trains on the new day only."""
     rebase_every_days: int = Field(default=0, ge=0)
@@ -101,8 +101,8 @@ class TrainingConfig(_Strict):
     averaged; the degradation trigger waits until this many days were compared."""
     rebase_from_shadow: bool = True
     """On a ``degradation`` rebase, register the leading shadow as the new full train and
-    continue it on the trailing ``continued_window_days``, instead of training another full
-    model; this saves one full train per degradation rebase."""
+    continue it on the trailing ``continued_window_days``. This saves the full train that a
+    rebase would otherwise run."""
     negatives_per_positive: int = 10
     """Popularity-sampled negatives per purchased item, for purchase-only data."""
     holdout_share: float = 0.2
@@ -120,6 +120,11 @@ class GateConfig(_Strict):
     """Holdout metric compared between challenger and champion (higher is better)."""
     tolerance: float = 0.01
     """Largest accepted drop of the metric, in absolute units of the metric."""
+    metric_confidence: float = Field(default=0.95, ge=0.5, lt=1.0)
+    """One-sided confidence with which the challenger must be shown to fall more than
+    ``tolerance`` below the champion before the metric check rejects it. The drop is the
+    mean over the holdout's query groups of the paired per-group difference (for
+    ``ndcg_at_10`` and ``recall_at_10``); 0.5 compares the plain means."""
     block_on_drift: bool = False
     """Refuse deployment when the drift share is over the drift threshold."""
     operating_threshold: float = 0.5

@@ -12,6 +12,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import date
+from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
@@ -36,6 +37,7 @@ from models.shadow import ShadowStore, latest_shadow_for
 from models.training import (
     continue_training,
     model_size_bytes,
+    paired_group_difference,
     score_rows,
     train_full,
     training_params,
@@ -73,8 +75,8 @@ def prequential_evaluation(settings: Settings, day: date) -> dict:
     """Score the day's rows, before any training on them, with the champion, the last challenger and the shadow.
 
     The shadow is the newest shadow full retrain of an earlier day that is newer than the
-    champion's last full train; its ``lead`` (shadow minus champion on ``gate.metric``)
-    is what the policy's degradation trigger reads.
+    champion's last full train. Its ``lead`` (shadow minus champion on ``gate.metric``) is
+    what the policy's degradation trigger reads.
     """
     registry = registry_for(settings)
     rows = read_training_rows(settings, [day])
@@ -134,6 +136,9 @@ class ChallengerResult:
     """Wall time of the XGBoost training, in seconds."""
     train_cpu_seconds: float = 0.0
     """CPU time of this process (all threads) during the XGBoost training, in seconds."""
+    metric_comparison: dict | None = None
+    """Paired per-group difference of ``gate.metric``, challenger minus champion, on the holdout
+    (see ``models.training.paired_group_difference``); None without a champion."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -184,6 +189,9 @@ def train_challenger(settings: Settings, day: date) -> ChallengerResult:
     result.challenger_holdout = score(booster, holdout, settings)
     if champion_model is not None:
         result.champion_holdout = score(champion_model, holdout, settings)
+        result.metric_comparison = paired_group_difference(
+            booster, champion_model, holdout, columns, settings.gate.metric, settings.gate.operating_threshold
+        )
     crash_point("lifecycle.before_register")
     result.version = _register(settings, registry, booster, result, columns)
     return result
@@ -287,11 +295,11 @@ class GateCheck:
 
     name: str
     passed: bool | None
-    """None when the condition could not be checked (the reason says why); it does not block."""
+    """None when the condition could not be checked (``reason`` gives the cause); it does not block."""
     observed: object = None
     threshold: object = None
     reason: str | None = None
-    """Why the check failed or was not checked; None when it passed."""
+    """Cause of the failure or of the skipped check; None when the check passed."""
 
 
 @dataclass
@@ -329,8 +337,8 @@ def gate(
         drift: The day's drift record (``alert``, ``drift_share``), or None when none ran.
         predictions: The challenger's scores of the day's rows, for the sanity check.
         validation_passed: Outcome of the day's increment validation. None means the caller
-            has no result to pass (the Dagster check blocks a failed day before the gate runs,
-            and homes built without it have none); it is recorded and does not block.
+            has no result to pass, which is recorded and does not block. The Dagster check
+            stops a failed day before the gate runs, and homes built without it have no result.
 
     Returns:
         The decision, with one entry in ``checks`` per condition.
@@ -344,7 +352,7 @@ def gate(
         checks = [
             GateCheck("challenger_trained", True, observed=challenger.version),
             _validation_check(challenger.day, validation_passed),
-            _metric_check(settings, metric, new_value, old_value),
+            _metric_check(settings, metric, new_value, old_value, challenger.metric_comparison),
             _drift_check(settings, drift),
             _size_check(settings, challenger),
             _prediction_check(predictions),
@@ -361,7 +369,9 @@ def _validation_check(day: str, passed: bool | None) -> GateCheck:
     return GateCheck("validation", True, observed=True, threshold=True)
 
 
-def _metric_check(settings: Settings, metric: str, new_value: float | None, old_value: float | None) -> GateCheck:
+def _metric_check(
+    settings: Settings, metric: str, new_value: float | None, old_value: float | None, comparison: dict | None
+) -> GateCheck:
     tolerance = settings.gate.tolerance
     if old_value is None:
         return GateCheck("metric", True, observed=new_value, reason=None)
@@ -370,6 +380,8 @@ def _metric_check(settings: Settings, metric: str, new_value: float | None, old_
             "metric", False, threshold=old_value - tolerance,
             reason=f"holdout {metric} of the challenger is undefined (no positive in the holdout)",
         )
+    if comparison and comparison.get("standard_error") is not None:
+        return _paired_metric_check(settings, metric, new_value, old_value, comparison)
     if new_value < old_value - tolerance:
         return GateCheck(
             "metric", False, observed=new_value, threshold=old_value - tolerance,
@@ -379,6 +391,29 @@ def _metric_check(settings: Settings, metric: str, new_value: float | None, old_
             ),
         )
     return GateCheck("metric", True, observed=new_value, threshold=old_value - tolerance)
+
+
+def _paired_metric_check(
+    settings: Settings, metric: str, new_value: float, old_value: float, comparison: dict
+) -> GateCheck:
+    """Reject only when even the upper confidence bound of the paired difference is below ``-tolerance``.
+
+    One day's holdout holds a few dozen to a few hundred query groups, so the difference of
+    two models' means moves by a few hundredths from noise alone. Comparing plain means with a
+    tolerance of 0.01 would reject about every other challenger that ranks differently.
+    """
+    tolerance, confidence = settings.gate.tolerance, settings.gate.metric_confidence
+    mean, error = comparison["mean_difference"], comparison["standard_error"]
+    upper = mean + NormalDist().inv_cdf(confidence) * error
+    observed = {"difference": mean, "standard_error": error, "upper_bound": upper, "groups": comparison["groups"]}
+    if upper < -tolerance:
+        reason = (
+            f"holdout {metric} {new_value:.4f} is below the champion's {old_value:.4f} by {-mean:.4f} "
+            f"(standard error {error:.4f} over {comparison['groups']} query groups); the upper {confidence:.0%} "
+            f"bound of the difference, {upper:+.4f}, is below the tolerance -{tolerance}"
+        )
+        return GateCheck("metric", False, observed, -tolerance, reason)
+    return GateCheck("metric", True, observed, -tolerance)
 
 
 def _drift_check(settings: Settings, drift: dict | None) -> GateCheck:

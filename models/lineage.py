@@ -1,11 +1,11 @@
 """Lineage of a model version: its chain of parents back to the last full train, with evidence.
 
-``describe_lineage`` joins what the registry stores for each version in the chain
-(kind, parent, rebase trigger, training partitions and their data versions, gate
-decision, holdout metrics) with the per-day records under ``reports/`` (validation of
-each training partition, prequential metrics while the version was champion, report
-paths). ``freshrank lineage`` prints it, and the ``deployment`` asset shows
-``lineage_markdown`` of the champion in Dagster.
+``describe_lineage`` joins two sources. The registry stores, for each version in the
+chain, its kind, parent, rebase trigger, training partitions with their data versions,
+gate decision and holdout metrics. The per-day records under ``reports/`` add the
+validation of each training partition, the prequential metrics while the version was
+champion, and the report paths. ``freshrank lineage`` prints the result, and the
+``deployment`` asset shows ``lineage_markdown`` of the champion in Dagster.
 """
 
 from __future__ import annotations
@@ -48,12 +48,16 @@ def describe_lineage(settings: Settings, version: str) -> list[dict]:
         version: A registered version.
 
     Returns:
-        One record per version, ``version`` first and the full train last, each with
+        One record per version, ``version`` first and the full train last. Each has
         ``version``, ``day``, ``kind``, ``parent``, ``tree_count``, ``trees_added``,
-        ``model_bytes``, ``rebase`` (None for a continued round), ``training_partitions``
-        (day, data version, validation outcome), ``checks`` (the gate decision),
-        ``metrics`` (holdout, champion holdout, prequential days as champion),
-        ``reports`` (paths) and ``deployed`` (whether it was ever champion).
+        ``model_bytes`` and:
+
+        * ``rebase``: trigger, reason and evidence of a full train; None for a continued round;
+        * ``training_partitions``: day, data version and validation outcome of each;
+        * ``checks``: the gate decision with every check;
+        * ``metrics``: holdout, champion holdout, and the prequential days as champion;
+        * ``reports``: paths of the day's records and reports;
+        * ``deployed``: whether the version was ever champion.
 
     Raises:
         ModelRegistryError: The version is unknown or its chain of parents is broken.
@@ -173,13 +177,13 @@ def partitions_text(record: dict) -> str:
 
 
 def gate_text(record: dict) -> str:
-    """Return ``deployed``, ``refused: reasons`` or ``not gated``."""
+    """Return ``deployed``, ``rejected: reasons`` or ``not gated``."""
     decision = record["checks"].get("gate")
     if decision is None:
         return "not gated"
     if decision.get("deploy"):
         return "deployed" if record.get("deployed") else "passed"
-    return "refused: " + "; ".join(decision.get("reasons") or [])
+    return "rejected: " + "; ".join(decision.get("reasons") or [])
 
 
 def mean_prequential(record: dict, metric: str) -> float | None:

@@ -5,7 +5,7 @@ A challenger is a **continued round** unless a rebase is due: the champion plus
 trailing ``training.continued_window_days`` stored days (the new day included). A
 **rebase** is a full train of ``training.full_train_trees`` trees at
 ``training.learning_rate`` on the trailing ``training.full_train_window_days`` stored days.
-The first trigger that holds names the rebase, in this order:
+The first trigger that applies names the rebase, in this order:
 
 ``initial``
     There is no champion yet.
@@ -68,7 +68,7 @@ def registry_for(settings: Settings) -> ModelRegistry:
 
 @dataclass(frozen=True)
 class Rebase:
-    """Why a day's challenger is a full train, with the figures that decided it."""
+    """Trigger of a rebase, with the figures that decided it."""
 
     trigger: str
     """One of ``REBASE_TRIGGERS``."""
@@ -95,7 +95,7 @@ class TrainingPlan:
     training_days: list[date]
     """Days whose training rows the challenger trains on, oldest first, ``day`` last."""
     rebase: Rebase | None = None
-    """Why the chain is rebased today; None for an ordinary continued round."""
+    """The day's rebase; None for an ordinary continued round."""
     promote_shadow: str | None = None
     """Day of the shadow that becomes the new full train, for a ``degradation`` rebase with
     ``training.rebase_from_shadow``; the challenger then continues from it."""
@@ -125,7 +125,7 @@ def plan_challenger(settings: Settings, registry: ModelRegistry, day: date) -> T
 
 
 def rebase_due(settings: Settings, registry: ModelRegistry, champion: str | None, day: date | None) -> Rebase | None:
-    """Return the first rebase trigger that holds for ``champion`` on ``day``, or None.
+    """Return the first rebase trigger that applies to ``champion`` on ``day``, or None.
 
     Args:
         settings: Settings of the home.
@@ -215,8 +215,8 @@ def training_and_holdout_rows(settings: Settings, training_days: list[date], day
 def shadow_lead(settings: Settings, full_train_day: date, day: date) -> dict | None:
     """Average the latest shadow's prequential lead over the champion, from the stored records.
 
-    Only records of days after ``full_train_day`` whose shadow was trained after it count:
-    an older shadow says nothing about a chain that was rebased since.
+    Only records of days after ``full_train_day`` whose shadow was trained after it count,
+    because an older shadow was never compared with the chain that started then.
 
     Args:
         settings: Settings of the home.

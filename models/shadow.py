@@ -55,7 +55,7 @@ class ShadowResult:
     day: str
     due: bool
     reason: str
-    """Why the shadow was due or not, with the dates that decided it."""
+    """Reason the shadow was or was not due, with the dates that decided it."""
     metric: str
     """The gate metric the leads are measured on."""
     champion: str | None = None
@@ -81,7 +81,7 @@ class ShadowResult:
     lead_over_challenger: float | None = None
     """Shadow minus the day's challenger on ``metric`` over the day's holdout rows."""
     skipped_reason: str | None = None
-    """Why a due shadow could not be trained (for example, one label value only)."""
+    """Reason a due shadow was not trained (for example, rows with one label value only)."""
 
     def to_dict(self) -> dict:
         return asdict(self)

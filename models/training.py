@@ -213,6 +213,67 @@ def score_rows(booster: xgb.Booster, rows: pd.DataFrame, feature_columns: Sequen
     return evaluate(rows[LABEL_COLUMN].to_numpy(), scores, groups, threshold)
 
 
+GROUP_METRICS: tuple[str, ...] = ("ndcg_at_10", "recall_at_10")
+"""Metrics that are means over query groups, so a paired per-group comparison applies to them."""
+
+
+def paired_group_difference(
+    challenger: xgb.Booster,
+    champion: xgb.Booster,
+    rows: pd.DataFrame,
+    feature_columns: Sequence[str],
+    metric: str,
+    threshold: float,
+) -> dict | None:
+    """Compare two models group by group on the same rows: the mean and standard error of the difference.
+
+    Each query group (``event_day``, ``user_id``) that has a positive gets the metric of
+    both models, and the difference is challenger minus champion. The mean of those
+    differences equals the difference of the two models' metrics, and its standard error
+    says how far noise alone could move it.
+
+    Args:
+        challenger: The model under test.
+        champion: The model it is compared with.
+        rows: Rows neither model trained on.
+        feature_columns: The models' feature columns, in order.
+        metric: One of ``GROUP_METRICS``.
+        threshold: Operating threshold passed to ``evaluate``.
+
+    Returns:
+        ``{"metric", "groups", "mean_difference", "standard_error"}``; the standard error is
+        None with fewer than two groups. None when ``metric`` is not a group metric or no
+        group has a positive.
+    """
+    if metric not in GROUP_METRICS or rows.empty:
+        return None
+    labels = rows[LABEL_COLUMN].to_numpy()
+    groups = (rows[DAY_COLUMN].astype(str) + "|" + rows[USER_COLUMN].astype(str)).to_numpy()
+    scores = {"challenger": predict(challenger, rows, feature_columns), "champion": predict(champion, rows, feature_columns)}
+    differences = []
+    for members in _group_members(groups):
+        if labels[members].max() < 1:
+            continue
+        values = [evaluate(labels[members], scores[name][members], groups[members], threshold)[metric] for name in scores]
+        differences.append(values[0] - values[1])
+    if not differences:
+        return None
+    standard_error = float(np.std(differences, ddof=1) / np.sqrt(len(differences))) if len(differences) > 1 else None
+    return {
+        "metric": metric,
+        "groups": len(differences),
+        "mean_difference": float(np.mean(differences)),
+        "standard_error": standard_error,
+    }
+
+
+def _group_members(groups: np.ndarray) -> list[np.ndarray]:
+    """Return the row positions of each group, groups in sorted order."""
+    order = np.argsort(groups, kind="stable")
+    _, starts = np.unique(groups[order], return_index=True)
+    return np.split(order, starts[1:])
+
+
 def model_size_bytes(booster: xgb.Booster) -> int:
     """Return the size of the model saved as XGBoost UBJSON, the format the registry stores."""
     return len(booster.save_raw("ubj"))

@@ -82,12 +82,14 @@ def deploy_day(settings: Settings, day: date) -> dict:
         ).to_dict()
     drift = read_record(settings, DRIFT_STAGE, day) or {}
     challenger = lifecycle.ChallengerResult(**challenger_record)
+
     predictions = None
     if challenger.version is not None:
         rows = read_training_rows(settings, [day])
         predictions = predict(registry.load(challenger.version), rows, model_feature_names(settings))
     validation = validation_outcome(settings, day.isoformat())
     decision = lifecycle.gate(settings, challenger, drift, predictions, validation["passed"]).to_dict()
+
     previous = registry.champion()
     if decision["deploy"]:
         lineage = lineage_record(settings, day, challenger_record, drift, decision)
@@ -96,7 +98,8 @@ def deploy_day(settings: Settings, day: date) -> dict:
     elif challenger.version is not None:
         registry.update_metadata(challenger.version, gate=decision)
     if not decision["deploy"]:
-        logger.warning("challenger %s of %s refused: %s", challenger.version, day, "; ".join(decision["reasons"]))
+        logger.warning("challenger %s of %s rejected by the gate: %s", challenger.version, day, "; ".join(decision["reasons"]))
+
     record = {
         **decision,
         "challenger": challenger.version,

@@ -1,4 +1,4 @@
-"""The model policy end to end: rebase triggers, shadow retrains, gate refusals, rollback and lineage."""
+"""The model policy end to end: rebase triggers, shadow retrains, gate rejections, rollback and lineage."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from freshrank.training_rows import read_training_rows, stored_training_days, wr
 from freshrank.warehouse import connect
 from models import lifecycle, policy, shadow
 from models.lineage import describe_lineage
-from models.training import continue_training, split_holdout
+from models.training import continue_training, paired_group_difference, score_rows, split_holdout
 from orchestration.deploy import deploy_day
 from orchestration.replay import replay
 
@@ -158,8 +158,8 @@ def test_lineage_cli_table_names_rebase(policy_home):
 
 def test_shadow_runs_on_schedule(policy_home):
     due = {index: read_record(policy_home, shadow.SHADOW_STAGE, _day(index))["due"] for index in range(1, REPLAYED_DAYS)}
-    # Day 1 trains the first model; day 3 is two days after it; day 4 is itself a full train;
-    # day 6 is two days after the rebase of day 4.
+    # Day 1 trains the first model, and day 3 is two days after it. Day 4 is itself a full
+    # train, and day 6 is two days after that rebase.
     assert due == {1: False, 2: False, 3: True, 4: False, 5: False, 6: True}
     assert shadow.ShadowStore.of(policy_home).days() == [_day(3).isoformat(), _day(6).isoformat()]
 
@@ -192,6 +192,18 @@ def test_shadow_metadata_in_dagster(policy_home):
     assert metadata["due"] is True
     assert metadata["shadow_holdout_ndcg_at_10"] == pytest.approx(record["shadow_holdout"]["ndcg_at_10"])
     assert metadata["lead_over_champion"] == pytest.approx(record["lead_over_champion"])
+
+
+def test_deployment_metadata_in_dagster(policy_home):
+    instance = DagsterInstance.from_config(str(policy_home.dagster_home))
+    found = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=AssetKey("deployment"), asset_partitions=[_day(4).isoformat()]), limit=1
+    )
+    metadata = {key: value.value for key, value in found.records[0].asset_materialization.metadata.items()}
+    assert metadata["rebase_trigger"] == "tree_budget"
+    assert [check["name"] for check in metadata["checks"]] == list(lifecycle.GATE_CHECKS)
+    assert _challenger(policy_home, 4)["version"] in metadata["champion_lineage"]
+    assert "tree_budget" in metadata["champion_lineage"]
 
 
 def test_shadow_scored_next_day(policy_home):
@@ -241,7 +253,7 @@ def test_degradation_plans_shadow_promotion(home_copy):
 
 
 def test_degradation_ignores_shadow_before_rebase(home_copy):
-    # The shadow of day 3 predates the rebase of day 4, so its lead on day 5 says nothing.
+    # The shadow of day 3 predates the rebase of day 4, so its lead on day 5 must not count.
     day = _day(5)
     record = read_record(home_copy, "prequential_evaluation", day)
     record["shadow"] = {"day": _day(3).isoformat(), "metric": "ndcg_at_10", "metrics": {}, "lead": 0.5}
@@ -266,7 +278,7 @@ def _plant_inverted_labels(settings: Settings, day: date) -> None:
     write_training_rows(settings, day, rows)
 
 
-def test_planted_degradation_refused(home_copy):
+def test_planted_degradation_rejected(home_copy):
     day = _day(6)
     strict = home_copy.model_copy(
         update={
@@ -288,7 +300,7 @@ def test_planted_degradation_refused(home_copy):
     assert read_record(strict, "deployment", day)["reasons"] == decision["reasons"]
 
 
-def test_model_size_budget_refuses(policy_home):
+def test_model_size_budget_rejects(policy_home):
     record = _challenger(policy_home, 6)
     challenger = lifecycle.ChallengerResult(**record)
     small = policy_home.model_copy(update={"gate": GateConfig(tolerance=1.0, max_model_bytes=1000)})
@@ -362,3 +374,46 @@ def test_degraded_chain_rebases_from_shadow(home_copy):
     assert [entry["version"] for entry in chain] == [record["version"], record["parent"]]
     assert chain[-1]["rebase"]["replaces"] == degraded
     assert read_record(settings, "deployment", new_day)["champion"] == record["version"]
+
+
+def _paired(mean: float, error: float, groups: int = 40) -> lifecycle.ChallengerResult:
+    result = lifecycle.ChallengerResult(day="2024-01-07", version="v0009-2024-01-07", kind="continued", parent="v0008-2024-01-06")
+    result.challenger_holdout = {"ndcg_at_10": 0.50 + mean}
+    result.champion_holdout = {"ndcg_at_10": 0.50}
+    result.metric_comparison = {"metric": "ndcg_at_10", "groups": groups, "mean_difference": mean, "standard_error": error}
+    return result
+
+
+def test_gate_accepts_drop_within_noise(policy_home):
+    decision = lifecycle.gate(policy_home.model_copy(update={"gate": GateConfig()}), _paired(-0.03, 0.03), None, np.array([0.1, 0.7]), True)
+    metric_check = next(check for check in decision.checks if check["name"] == "metric")
+    assert decision.deploy
+    assert metric_check["observed"]["upper_bound"] == pytest.approx(-0.03 + 1.6448536 * 0.03)
+
+
+def test_gate_rejects_confident_drop(policy_home):
+    decision = lifecycle.gate(policy_home.model_copy(update={"gate": GateConfig()}), _paired(-0.05, 0.01), None, np.array([0.1, 0.7]), True)
+    assert not decision.deploy
+    assert "below the tolerance -0.01" in decision.reasons[0]
+
+
+def test_paired_difference_of_same_model(policy_home):
+    registry = policy.registry_for(policy_home)
+    model = registry.load(registry.champion())
+    rows = read_training_rows(policy_home, [_day(6)])
+    columns = registry.metadata(registry.champion())["feature_columns"]
+    comparison = paired_group_difference(model, model, rows, columns, "ndcg_at_10", 0.5)
+    assert comparison["mean_difference"] == 0.0
+    assert comparison["standard_error"] == 0.0
+    assert comparison["groups"] == int(rows.loc[rows["label"] == 1, "user_id"].nunique())
+
+
+def test_paired_difference_matches_metrics(policy_home):
+    registry = policy.registry_for(policy_home)
+    champion = registry.champion()
+    columns = registry.metadata(champion)["feature_columns"]
+    rows = read_training_rows(policy_home, [_day(6)])
+    first, second = registry.load(champion), registry.load(_challenger(policy_home, 4)["version"])
+    comparison = paired_group_difference(first, second, rows, columns, "ndcg_at_10", 0.5)
+    difference = score_rows(first, rows, columns, 0.5)["ndcg_at_10"] - score_rows(second, rows, columns, 0.5)["ndcg_at_10"]
+    assert comparison["mean_difference"] == pytest.approx(difference)
