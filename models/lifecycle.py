@@ -80,7 +80,7 @@ def prequential_evaluation(settings: Settings, day: date) -> dict:
     """
     registry = registry_for(settings)
     rows = read_training_rows(settings, [day])
-    record: dict = {"day": day.isoformat(), "rows": len(rows), "champion": registry.champion()}
+    record: dict = {"day": day.isoformat(), "rows": len(rows), "champion": registry.champion_for(day.isoformat())}
     if record["champion"] is not None:
         record["champion_metrics"] = score(registry.load(record["champion"]), rows, settings)
         shadow = _score_shadow(settings, registry, record["champion"], rows, day, record["champion_metrics"])
@@ -159,7 +159,7 @@ def train_challenger(settings: Settings, day: date) -> ChallengerResult:
     registry = registry_for(settings)
     columns = model_feature_names(settings)
     plan = plan_challenger(settings, registry, day)
-    champion = registry.champion()
+    champion = registry.champion_for(day.isoformat())
     train, holdout = training_and_holdout_rows(settings, plan.training_days, day)
     result = ChallengerResult(
         day.isoformat(),

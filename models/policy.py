@@ -112,7 +112,7 @@ def plan_challenger(settings: Settings, registry: ModelRegistry, day: date) -> T
     Returns:
         The plan: kind, parent, training days and, for a full train, the rebase trigger.
     """
-    champion = registry.champion()
+    champion = registry.champion_for(day.isoformat())
     rebase = rebase_due(settings, registry, champion, day)
     continued_days = trailing_days(settings, day, settings.training.continued_window_days)
     if rebase is None:

@@ -275,6 +275,31 @@ class ModelRegistry:
             )
         return version
 
+    def champion_for(self, day: str) -> str | None:
+        """Return the champion that day ``day``'s pipeline starts from.
+
+        That is the champion as of the start of the day: the current champion, unless it was
+        trained for ``day`` or a later day (the day is being rerun after its own deployment,
+        for example after a crash), in which case the newest earlier champion. A rerun of a
+        day therefore trains and evaluates against the same champion as the first run.
+
+        Args:
+            day: The partition, ``YYYY-MM-DD``.
+
+        Returns:
+            The version, or None when no champion was trained for an earlier day.
+        """
+        _check_day(day)
+        current = self.champion()
+        if current is None or self.metadata(current).get("day", "") < day:
+            return current
+        pointer = _read_json(self.root / CHAMPION_FILE)
+        candidates = [pointer.get("previous")] + [event.get("previous") for event in reversed(self.history())]
+        for version in candidates:
+            if version and self._version_dir(version).is_dir() and self.metadata(version).get("day", "") < day:
+                return version
+        return None
+
     def deploy(self, version: str, *, reason: str, lineage: dict | None = None) -> None:
         """Make a version the champion and record the deployment event.
 
@@ -288,6 +313,8 @@ class ModelRegistry:
         """
         with self._writer_lock():
             self._existing_version_dir(version)
+            if self._finish_interrupted_deploy(version, reason=reason, lineage=lineage):
+                return
             crash_point("registry.before_pointer")
             self._move_pointer("deploy", version, reason=reason, lineage=lineage)
 
@@ -435,6 +462,32 @@ class ModelRegistry:
         crash_point("registry.after_pointer")
         _append_line(self.root / DEPLOYMENTS_FILE, json.dumps(event, sort_keys=True, default=_json_default))
         logger.info("%s: champion %s -> %s (%s)", kind, previous, version, reason)
+
+    def _finish_interrupted_deploy(self, version: str, *, reason: str, lineage: dict | None) -> bool:
+        """Handle a deployment of the version that is already champion; return True if it was one.
+
+        The pointer is left alone, so ``previous`` keeps naming the champion before it. When
+        the history lacks the deployment (the process stopped between moving the pointer and
+        appending the event), the event is appended now.
+        """
+        if self.champion() != version:
+            return False
+        events = self.history()
+        if events and events[-1].get("version") == version:
+            logger.info("%s is already the champion; nothing to deploy", version)
+            return True
+        pointer = _read_json(self.root / CHAMPION_FILE)
+        event = {
+            "kind": "deploy",
+            "version": version,
+            "previous": pointer.get("previous"),
+            "reason": reason,
+            "lineage": lineage,
+            "at": pointer.get("deployed_at") or _now(),
+        }
+        _append_line(self.root / DEPLOYMENTS_FILE, json.dumps(event, sort_keys=True, default=_json_default))
+        logger.warning("%s was champion without its deployment event (an interrupted deployment); event recorded", version)
+        return True
 
     @contextlib.contextmanager
     def _writer_lock(self) -> Iterator[None]:

@@ -90,7 +90,7 @@ def deploy_day(settings: Settings, day: date) -> dict:
     validation = validation_outcome(settings, day.isoformat())
     decision = lifecycle.gate(settings, challenger, drift, predictions, validation["passed"]).to_dict()
 
-    previous = registry.champion()
+    previous = registry.champion_for(day.isoformat())
     if decision["deploy"]:
         lineage = lineage_record(settings, day, challenger_record, drift, decision)
         registry.deploy(challenger.version, reason=_deploy_reason(day, challenger), lineage=lineage)

@@ -34,6 +34,7 @@ from freshrank.faults import (
 from freshrank.increments import landed_days
 from freshrank.staging import QUARANTINE_RECORD, list_quarantined
 from freshrank.synthetic import ShopSpec, generate_shop
+from models.registry import ModelRegistry
 from orchestration.replay import dagster_instance, replay, run_day
 from tests.home_state import HomeState, home_state
 
@@ -149,32 +150,28 @@ def test_reruns_after_crashes_equal_uninterrupted(homes: Homes, tmp_path: Path) 
     assert leftover_temporary_files(settings.home) == []
 
 
-# NOTE: a crash between registering the challenger and moving the champion pointer
-# (registry.before_pointer) leaves a registered version that the rerun does not reuse:
-# ModelRegistry.register always issues a new number, so the rerun deploys v<n+1> with the same
-# bytes and v<n> stays as an orphan. A crash after the pointer moved (registry.after_pointer) is
-# worse: the rerun boosts on from the day's own challenger, now the champion, so the deployed
-# model differs from an uninterrupted run's. Both need registration to be idempotent per
-# (day, parent, model digest) and train_challenger to start from the champion as of the
-# start of the day. Remove the xfail mark when they are.
-@pytest.mark.xfail(
-    strict=True, raises=AssertionError, reason="the rerun trains on from the crashed run's champion, so the deployed model differs"
-)
+# A crash after the champion pointer moved leaves the day's own model as champion. The rerun
+# must still train from and compare with the champion as of the start of the day
+# (ModelRegistry.champion_for), register the same bytes as the same version, and record the
+# deployment event the crash cut off.
 def test_rerun_after_crash_after_pointer(homes: Homes, tmp_path: Path) -> None:
     settings = copy_home(homes.base, tmp_path / "home")
 
     crashed = run_in_subprocess(settings.home, "registry.after_pointer")
     rerun = run_day(settings, DAY, dagster_instance(settings))
 
-    # pytest.fail, not assert: a broken setup must fail the test, not count as the expected failure.
-    if crashed.returncode != CRASH_EXIT_CODE:
-        pytest.fail(f"the run did not stop at registry.after_pointer: {crashed.stderr[-3000:]}")
-    if not rerun.success:
-        pytest.fail("the rerun after the crash failed")
+    assert crashed.returncode == CRASH_EXIT_CODE, crashed.stderr[-3000:]
+    assert rerun.success
     state = home_state(settings)
     assert state.warehouse == homes.reference.warehouse
     assert state.online == homes.reference.online
+    assert state.models == homes.reference.models
+    assert state.champion == homes.reference.champion
     assert state.champion_model == homes.reference.champion_model
+    registry = ModelRegistry(settings.registry_dir)
+    deployed = [event["version"] for event in registry.history() if event["kind"] == "deploy"]
+    assert deployed[-1] == state.champion
+    assert deployed.count(state.champion) == 1
 
 
 def test_crash_during_quarantine_completes_on_rerun(homes: Homes, tmp_path: Path) -> None:

@@ -362,7 +362,7 @@ def test_pointer_always_valid_json(registry: ModelRegistry, full_model) -> None:
     reader.start()
     try:
         for index in range(60):
-            registry.deploy(versions[index % 3], reason=f"deploy {index}")
+            registry.deploy(versions[(index + 1) % 3], reason=f"deploy {index}")
     finally:
         writer_done.set()
         reader.join()
@@ -425,3 +425,26 @@ def test_continued_model_leaves_parent_file_unchanged(registry: ModelRegistry, f
     assert parent_file.read_bytes() == before
     assert tree_count(parent) == CONFIG.full_train_trees
     assert tree_count(registry.load(child)) == CONFIG.full_train_trees + CONFIG.trees_per_day
+
+
+def test_deploying_the_champion_again_changes_nothing(registry: ModelRegistry, full_model) -> None:
+    first, second, _ = _three_versions(registry, full_model)
+    registry.deploy(first, reason="first")
+    registry.deploy(second, reason="second")
+
+    registry.deploy(second, reason="again")
+
+    assert registry.champion() == second
+    assert [event["version"] for event in registry.history()] == [first, second]
+    assert json.loads((registry.root / "champion.json").read_text())["previous"] == first
+
+
+def test_champion_for_a_rerun_day_is_the_earlier_champion(registry: ModelRegistry, full_model) -> None:
+    first, second, third = _three_versions(registry, full_model)
+    days = {version: registry.metadata(version)["day"] for version in (first, second, third)}
+    registry.deploy(first, reason="first")
+    registry.deploy(third, reason="third")
+
+    assert registry.champion_for(days[third]) == first
+    assert registry.champion_for("2099-01-01") == third
+    assert registry.champion_for(days[first]) is None
