@@ -16,6 +16,9 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import numpy as np
+import pandas as pd
+
 from freshrank.config import FeatureConfig
 from freshrank.faults import crash_point
 from freshrank.increments import day_bounds
@@ -30,14 +33,37 @@ ENTITY_KEYS: dict[str, tuple[str, ...]] = {
     "user_item_features": ("user_id", "item_id"),
 }
 TIMESTAMP_COLUMNS = ("event_timestamp", "created_timestamp")
+RECENCY_FEATURES: dict[str, dict[str, str]] = {
+    "user_features": {
+        "u_last_event_epoch_us": "u_days_since_last_event",
+        "u_last_purchase_epoch_us": "u_days_since_last_purchase",
+    },
+    "item_features": {
+        "i_last_event_epoch_us": "i_days_since_last_event",
+        "i_last_purchase_epoch_us": "i_days_since_last_purchase",
+    },
+    "user_item_features": {
+        "ui_last_event_epoch_us": "ui_days_since_last_event",
+        "ui_last_purchase_epoch_us": "ui_days_since_last_purchase",
+    },
+}
+"""Per view, each stored last-event time column and the model feature derived from it.
+
+The views store when the last event happened (Unix epoch microseconds as DOUBLE, exact
+below 2**53) rather than how long ago, so a row changes only when the entity's behaviour
+does and a day's online write can skip unchanged rows. ``with_days_since`` derives the
+model's ``*_days_since_*`` features from them when features are read.
+"""
+
 RECENCY_COLUMNS: dict[str, str] = {
-    "user_features": "u_days_since_last_event",
-    "item_features": "i_days_since_last_event",
-    "user_item_features": "ui_days_since_last_event",
+    "user_features": "u_last_event_epoch_us",
+    "item_features": "i_last_event_epoch_us",
+    "user_item_features": "ui_last_event_epoch_us",
 }
 """Per view, a column that is never null for an entity with events in the window."""
 
-_SECONDS_PER_DAY = 86400.0
+SECONDS_PER_DAY = 86400.0
+_MICROSECONDS_PER_DAY = 86_400_000_000.0
 _EVENT_TYPE_NAMES = {"view": "views", "add_to_cart": "carts", "purchase": "purchases"}
 
 
@@ -95,9 +121,8 @@ def user_features_sql(day: date, config: FeatureConfig) -> str:
         count(DISTINCT item_id)::DOUBLE AS u_distinct_items_{long}d,
         count(DISTINCT event_day)::DOUBLE AS u_active_days_{long}d,
         avg(price)::DOUBLE AS u_avg_price_{long}d,
-        epoch($as_of::TIMESTAMPTZ - max(event_time)) / {_SECONDS_PER_DAY} AS u_days_since_last_event,
-        epoch($as_of::TIMESTAMPTZ - max(event_time) FILTER (event_type = 'purchase')) / {_SECONDS_PER_DAY}
-            AS u_days_since_last_purchase,
+        epoch_us(max(event_time))::DOUBLE AS u_last_event_epoch_us,
+        epoch_us(max(event_time) FILTER (event_type = 'purchase'))::DOUBLE AS u_last_purchase_epoch_us,
         any_value(c.top_share)::DOUBLE AS u_top_category_share_{long}d
     FROM window_events w LEFT JOIN category_share c USING (user_id)
     GROUP BY w.user_id
@@ -116,14 +141,13 @@ def item_features_sql(day: date, config: FeatureConfig) -> str:
         $as_of::TIMESTAMPTZ AS event_timestamp,
         {counts},
         count(DISTINCT user_id) FILTER (event_day >= DATE '{week_first}')::DOUBLE AS i_distinct_users_7d,
-        epoch($as_of::TIMESTAMPTZ - max(event_time)) / {_SECONDS_PER_DAY} AS i_days_since_last_event,
+        epoch_us(max(event_time))::DOUBLE AS i_last_event_epoch_us,
         count(DISTINCT user_id)::DOUBLE AS i_distinct_users_{long}d,
         coalesce(sum(price * quantity) FILTER (event_type = 'purchase'), 0)::DOUBLE AS i_revenue_{long}d,
         (count(*) FILTER (event_type = 'purchase'))
             / nullif(count(*) FILTER (event_type = 'view'), 0)::DOUBLE AS i_view_conversion_{long}d,
         median(price)::DOUBLE AS i_price,
-        epoch($as_of::TIMESTAMPTZ - max(event_time) FILTER (event_type = 'purchase')) / {_SECONDS_PER_DAY}
-            AS i_days_since_last_purchase,
+        epoch_us(max(event_time) FILTER (event_type = 'purchase'))::DOUBLE AS i_last_purchase_epoch_us,
         (count(*) FILTER (event_type = 'purchase' AND event_day >= DATE '{week_first}')) * ({long} / 7.0)
             / nullif(count(*) FILTER (event_type = 'purchase'), 0)::DOUBLE AS i_purchase_trend
     FROM events
@@ -163,9 +187,8 @@ def user_item_features_sql(day: date, config: FeatureConfig) -> str:
             count(*) FILTER (event_type = 'add_to_cart')::DOUBLE AS ui_carts_{window}d,
             count(*) FILTER (event_type = 'purchase')::DOUBLE AS ui_purchases_{window}d,
             count(DISTINCT event_day) FILTER (event_type = 'purchase')::DOUBLE AS ui_purchase_days_{window}d,
-            epoch($as_of::TIMESTAMPTZ - max(event_time)) / {_SECONDS_PER_DAY} AS ui_days_since_last_event,
-            epoch($as_of::TIMESTAMPTZ - max(event_time) FILTER (event_type = 'purchase')) / {_SECONDS_PER_DAY}
-                AS ui_days_since_last_purchase
+            epoch_us(max(event_time))::DOUBLE AS ui_last_event_epoch_us,
+            epoch_us(max(event_time) FILTER (event_type = 'purchase'))::DOUBLE AS ui_last_purchase_epoch_us
         FROM window_events
         GROUP BY user_id, item_id
     )
@@ -259,3 +282,61 @@ def feature_columns(view: str, config: FeatureConfig) -> list[str]:
         con.close()
     skip = set(ENTITY_KEYS[view]) | set(TIMESTAMP_COLUMNS)
     return [row[0] for row in described if row[0] not in skip]
+
+
+def model_feature_columns(view: str, config: FeatureConfig) -> list[str]:
+    """Return the model's feature names of a view: its stored columns, recency columns renamed."""
+    renames = RECENCY_FEATURES[view]
+    return [renames.get(name, name) for name in feature_columns(view, config)]
+
+
+def days_since(as_of_us: float | np.ndarray, last_event_us: float | np.ndarray) -> np.ndarray:
+    """Return the days from ``last_event_us`` to ``as_of_us`` (both Unix epoch microseconds).
+
+    The arithmetic repeats DuckDB's ``epoch(as_of - last_event) / 86400`` on a UTC session,
+    which splits the interval into whole days and the microseconds left over, so the result
+    is bit-identical to the SQL that computed these features before they were stored as
+    timestamps. NaN (no such event) stays NaN.
+    """
+    elapsed = np.subtract(as_of_us, last_event_us, dtype="float64")
+    remainder = np.fmod(elapsed, _MICROSECONDS_PER_DAY)
+    whole_days = (elapsed - remainder) / _MICROSECONDS_PER_DAY
+    return (whole_days * SECONDS_PER_DAY + remainder / 1e6) / SECONDS_PER_DAY
+
+
+def epoch_us(instant: datetime | pd.Timestamp) -> float:
+    """Return an aware instant as Unix epoch microseconds."""
+    return float(pd.Timestamp(instant).value // 1000)
+
+
+def feature_day_seen_at(instant: datetime | pd.Timestamp, zone: ZoneInfo) -> date:
+    """Return the newest day whose features a point-in-time join at ``instant`` sees.
+
+    Day ``d``'s features are stamped one second before ``d + 1`` starts, so they are visible
+    from that second on: a label row stamped at the start of ``d`` sees day ``d - 1``.
+    """
+    later = pd.Timestamp(instant) + pd.Timedelta(seconds=1)
+    return later.tz_convert(zone).date() - timedelta(days=1)
+
+
+def with_days_since(frame: pd.DataFrame, as_of_us: float | np.ndarray | pd.Series) -> pd.DataFrame:
+    """Replace every stored recency column of ``frame`` by its model feature, in the same position.
+
+    Args:
+        frame: Feature rows with any of the ``RECENCY_FEATURES`` columns; other columns pass.
+        as_of_us: The feature timestamp the days count to, in Unix epoch microseconds: one
+            value, or one per row (a training row of event day ``d`` counts to the feature
+            timestamp of ``d - 1``; serving counts to the newest day in the online store).
+
+    Returns:
+        A new frame with ``*_days_since_*`` columns where the ``*_epoch_us`` columns were.
+    """
+    renames = {stored: model for view in FEATURE_VIEWS for stored, model in RECENCY_FEATURES[view].items()}
+    present = [name for name in frame.columns if name in renames]
+    if not present:
+        return frame
+    as_of = np.asarray(as_of_us, dtype="float64")
+    derived = frame.copy()
+    for name in present:
+        derived[name] = days_since(as_of, derived[name].to_numpy(dtype="float64"))
+    return derived.rename(columns={name: renames[name] for name in present})

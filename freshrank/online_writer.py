@@ -16,7 +16,9 @@ import logging
 import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 from feast import FeatureStore
 from feast.infra.key_encoding_utils import serialize_entity_key
@@ -77,6 +79,40 @@ def _first_occurrence(values: pa.ChunkedArray) -> tuple[list, pa.Array]:
     for index, value in enumerate(values.to_pylist()):
         seen.setdefault(value, index)
     return list(seen), pa.array(list(seen.values()), type=pa.int64())
+
+
+def changed_rows(current: Path, previous: Path, join_keys: list[str], features: list[str]) -> pa.Table:
+    """Return the rows of partition ``current`` whose feature values differ from partition ``previous``.
+
+    A row counts as changed when its entity is new, or when any feature differs; the event
+    and created timestamps are left out of the comparison. ``EXCEPT`` compares NULL with
+    NULL as equal, so an all-null expiry row is new only on the day the entity leaves.
+    Entities of ``previous`` missing from ``current`` yield nothing: they left earlier and
+    their expiry row was written then.
+    """
+    compared = ", ".join(_quoted(name) for name in [*join_keys, *features])
+    keys = ", ".join(_quoted(name) for name in join_keys)
+    query = f"""
+        WITH changed AS (
+            SELECT {compared} FROM read_parquet({_literal(current)})
+            EXCEPT
+            SELECT {compared} FROM read_parquet({_literal(previous)})
+        )
+        SELECT rows.* FROM read_parquet({_literal(current)}) AS rows SEMI JOIN changed USING ({keys})
+    """
+    connection = duckdb.connect()
+    try:
+        return connection.execute(query).fetch_arrow_table()
+    finally:
+        connection.close()
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(path: Path) -> str:
+    return "'" + str(path).replace("'", "''") + "'"
 
 
 def write_sqlite(store: FeatureStore, view: str, table: pa.Table, features: list[str]) -> WriteStats:

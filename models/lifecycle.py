@@ -382,6 +382,12 @@ def _metric_check(
         )
     if comparison and comparison.get("standard_error") is not None:
         return _paired_metric_check(settings, metric, new_value, old_value, comparison)
+    if comparison:
+        # One query group is one user's ranking: its difference says nothing about the models.
+        return GateCheck(
+            "metric", None, observed=new_value, threshold=old_value - tolerance,
+            reason=f"not checked: the holdout has {comparison['groups']} query group with a positive, too few to compare {metric}",
+        )
     if new_value < old_value - tolerance:
         return GateCheck(
             "metric", False, observed=new_value, threshold=old_value - tolerance,

@@ -397,6 +397,18 @@ def test_gate_rejects_confident_drop(policy_home):
     assert "below the tolerance -0.01" in decision.reasons[0]
 
 
+def test_gate_skips_single_group_holdout(policy_home):
+    challenger = _paired(-0.3, 0.0, groups=1)
+    challenger.metric_comparison["standard_error"] = None
+
+    decision = lifecycle.gate(policy_home.model_copy(update={"gate": GateConfig()}), challenger, None, np.array([0.1, 0.7]), True)
+
+    metric_check = next(check for check in decision.checks if check["name"] == "metric")
+    assert decision.deploy
+    assert metric_check["passed"] is None
+    assert "1 query group" in metric_check["reason"]
+
+
 def test_paired_difference_of_same_model(policy_home):
     registry = policy.registry_for(policy_home)
     model = registry.load(registry.champion())
