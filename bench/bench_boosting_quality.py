@@ -358,9 +358,9 @@ def report(name: str, runs: list[StrategyRun], baseline: str = "full_all") -> li
         rows.append(
             [
                 entry["label"],
-                round(entry["mean_auc"], 4),
-                round(entry["mean_ndcg_at_10"], 4),
-                f"{entry.get('ndcg_vs_full_all_percent', 0.0):+.1f}%" if base else "-",
+                f"{entry['mean_auc']:.4f}",
+                f"{entry['mean_ndcg_at_10']:.4f}",
+                f"{entry.get('ndcg_vs_full_all_percent', 0.0):+.2f}%" if base else "-",
                 entry["train_cpu_seconds"],
                 entry["train_wall_seconds"],
                 f"{entry.get('cpu_speedup_vs_full_all', 0.0):.1f}x" if base else "-",

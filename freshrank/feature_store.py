@@ -1,9 +1,15 @@
-"""freshrank's use of Feast: apply the repo, materialize one day, read back, build training rows."""
+"""freshrank's use of Feast: apply the repo, materialize one day, read back, build training rows.
+
+The feature views store recency as the time of the last event; the model's
+``*_days_since_*`` features are derived when features are read (``with_days_since``):
+as of the feature day a training row sees, or as of the day the online store reflects.
+"""
 
 from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
@@ -14,8 +20,26 @@ from feast import FeatureStore, RepoConfig
 from freshrank.config import Settings
 from freshrank.errors import FeatureStoreError
 from freshrank.faults import crash_point
-from freshrank.features import ENTITY_KEYS, FEATURE_VIEWS, feature_columns, partition_path
+from freshrank.features import (
+    ENTITY_KEYS,
+    FEATURE_VIEWS,
+    epoch_us,
+    feature_columns,
+    feature_day_seen_at,
+    feature_timestamp,
+    model_feature_columns,
+    partition_path,
+    with_days_since,
+)
 from freshrank.increments import day_bounds
+from freshrank.online_watermark import (
+    feature_config_fingerprint,
+    online_as_of_us,
+    partition_signature,
+    read_watermark,
+    watermark_for,
+    write_watermark,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +87,12 @@ def feature_refs(settings: Settings, views: tuple[str, ...] = FEATURE_VIEWS) -> 
 
 
 def model_feature_names(settings: Settings) -> list[str]:
-    """Return the feature column names the ranking model uses, in training order."""
-    return [ref.split(":", 1)[1] for ref in feature_refs(settings)]
+    """Return the feature column names the ranking model uses, in training order.
+
+    They are the views' stored columns in Feast order, with each recency column
+    (``*_last_*_epoch_us``) replaced in place by the ``*_days_since_*`` feature derived from it.
+    """
+    return [name for view in FEATURE_VIEWS for name in model_feature_columns(view, settings.features)]
 
 
 def newest_feature_day(settings: Settings) -> date | None:
@@ -76,14 +104,52 @@ def newest_feature_day(settings: Settings) -> date | None:
     return date.fromisoformat(max(days)) if days else None
 
 
-def materialize_day(settings: Settings, day: date, store: FeatureStore | None = None) -> tuple[datetime, datetime]:
-    """Bring the online store up to date from ``day`` on, and return the window written.
+@dataclass(frozen=True)
+class OnlineWrite:
+    """One write of feature rows into the online store.
 
-    ``materialize(start, end)`` rather than ``materialize_incremental``: the latter keeps a
-    high-water mark and would skip a late or corrected day. For the newest day the window
-    is that day. For an older day (a late or corrected one) the window runs to the newest
-    feature day: Feast writes the newest row of each entity in the window, so a rewritten
+    Attributes:
+        start: Start of the first day written.
+        end: End of the newest feature day, which the online store reflects afterwards.
+        mode: ``diff`` (only rows that changed since the day before) or ``full``.
+        reason: Why the write ran in that mode.
+        rows: Per feature view, the entity rows written; for ``online_store.writer: feast``,
+            the rows of the partitions Feast read, since Feast does not report its writes.
+        seconds: Wall time of the write.
+    """
+
+    start: datetime
+    end: datetime
+    mode: str
+    reason: str
+    rows: dict[str, int]
+    seconds: float
+
+    @property
+    def total_rows(self) -> int:
+        """Entity rows written over all views."""
+        return sum(self.rows.values())
+
+
+def materialize_day(settings: Settings, day: date, store: FeatureStore | None = None) -> tuple[datetime, datetime]:
+    """Bring the online store up to date from ``day`` on, and return the window written (see ``write_online``)."""
+    write = write_online(settings, day, store)
+    return write.start, write.end
+
+
+def write_online(settings: Settings, day: date, store: FeatureStore | None = None) -> OnlineWrite:
+    """Bring the online store up to date from ``day`` on.
+
+    For the newest feature day, when the online store's watermark shows that it holds the
+    partitions of the day before, unchanged since, only the rows that changed are written
+    (``plan_online_write``). Otherwise the newest row per entity of the partitions ``day`` ..
+    newest feature day is written. ``materialize(start, end)`` rather than
+    ``materialize_incremental``: the latter keeps a high-water mark and would skip a late or
+    corrected day. Feast writes the newest row of each entity in the window, so a rewritten
     older day cannot overwrite values of a later day, in SQLite and in Redis alike.
+
+    Raises:
+        FeatureStoreError: A partition of ``day`` is missing.
     """
     store = store or open_store(settings)
     for view in FEATURE_VIEWS:
@@ -94,12 +160,96 @@ def materialize_day(settings: Settings, day: date, store: FeatureStore | None = 
     newest = max(day, newest_feature_day(settings) or day)
     start, _ = day_bounds(day, settings.zone)
     _, end = day_bounds(newest, settings.zone)
+    mode, reason = plan_online_write(settings, store, day, newest)
+    # Signatures are taken before reading the partitions: a partition replaced during the
+    # write then no longer matches the watermark, and the next day's write is a full one.
+    # The previous watermark stays until the write succeeds (see freshrank.online_watermark).
+    watermark = watermark_for(settings, newest, mode)
+    began = time.perf_counter()
     if settings.online_store.writer == "feast":
         store.materialize(start_date=start, end_date=end, feature_views=list(FEATURE_VIEWS))
+        rows = {view: _partition_rows(settings, view, day, newest) for view in FEATURE_VIEWS}
+    elif mode == "diff":
+        rows = diff_materialize(settings, store, day)
     else:
-        bulk_materialize(settings, store, day, newest)
+        rows = bulk_materialize(settings, store, day, newest)
     crash_point("feature_store.after_materialize")
-    return start, end
+    write_watermark(store.config, watermark)
+    write = OnlineWrite(start=start, end=end, mode=mode, reason=reason, rows=rows, seconds=time.perf_counter() - began)
+    logger.info("%s online write of %s: %d entity rows in %.1f s (%s)", mode, day, write.total_rows, write.seconds, reason)
+    return write
+
+
+def plan_online_write(settings: Settings, store: FeatureStore, day: date, newest: date) -> tuple[str, str]:
+    """Return ``("diff", reason)`` when writing only the rows changed since ``day - 1`` is exact, else ``("full", reason)``.
+
+    A diff is exact when ``day`` is the newest feature day and the online store holds exactly
+    the partitions of ``day - 1`` with the current feature columns: the watermark names that
+    day and the size, mtime and inode of each of its partition files, which a recomputed
+    (corrected or late) partition changes.
+    """
+    if settings.online_store.writer == "feast":
+        return "full", "online_store.writer is feast, which writes whole partitions"
+    if day < newest:
+        return "full", f"{day} is older than the newest feature day {newest}, so the write covers {day} .. {newest}"
+    try:
+        watermark = read_watermark(store.config)
+    except FeatureStoreError as exc:
+        logger.warning("writing every row of %s: %s", day, exc)
+        return "full", str(exc)
+    if watermark is None:
+        return "full", "the online store has no watermark (its first write, or a new or replaced store)"
+    previous = day - timedelta(days=1)
+    if watermark.day != previous.isoformat():
+        return "full", f"the online store reflects {watermark.day}, not the day before {day}"
+    if watermark.feature_config != feature_config_fingerprint(settings):
+        return "full", "the feature columns or settings changed since the last online write"
+    for view in FEATURE_VIEWS:
+        path = partition_path(settings.offline_dir, view, previous)
+        if not path.exists() or partition_signature(path) != watermark.partitions.get(view):
+            return "full", f"the {view} partition of {previous} was rewritten after the online store took it"
+    return "diff", f"the online store holds the partitions of {previous} unchanged"
+
+
+def diff_materialize(settings: Settings, store: FeatureStore, day: date) -> dict[str, int]:
+    """Write the rows of ``day``'s partitions that differ from ``day - 1``'s; return the rows per view.
+
+    Rows left alone keep the event timestamp of the day they last changed, and a row with
+    values is still younger than the view's ttl (the window, ``feature_repo.features._ttl``).
+    The row stays unchanged only while the entity has no new event, because a new event
+    moves its last-event time. Meanwhile the events of its earliest day in the window drop
+    out at most ``window`` days after the row was written, which changes its window counts
+    or turns it into an expiry row. So an unchanged row with values is at most
+    ``window - 1`` days old.
+    """
+
+    from freshrank.online_writer import WriteStats, changed_rows, write_redis, write_sqlite
+
+    write = write_redis if settings.online_store.type == "redis" else write_sqlite
+    previous = day - timedelta(days=1)
+    written = {}
+    for view in FEATURE_VIEWS:
+        features = feature_columns(view, settings.features)
+        table = changed_rows(
+            partition_path(settings.offline_dir, view, day),
+            partition_path(settings.offline_dir, view, previous),
+            list(ENTITY_KEYS[view]),
+            features,
+        )
+        stats = write(store, view, table, features) if table.num_rows else WriteStats(entities=0, values=0)
+        written[view] = stats.entities
+    return written
+
+
+def _partition_rows(settings: Settings, view: str, first: date, last: date) -> int:
+    import pyarrow.parquet as pq
+
+    total = 0
+    for offset in range((last - first).days + 1):
+        path = partition_path(settings.offline_dir, view, first + timedelta(days=offset))
+        if path.exists():
+            total += pq.ParquetFile(path).metadata.num_rows
+    return total
 
 
 def bulk_materialize(settings: Settings, store: FeatureStore, first: date, last: date) -> dict[str, int]:
@@ -201,25 +351,55 @@ def historical_features(settings: Settings, entity_rows: pd.DataFrame, store: Fe
 
     Each row gets, per view, the newest feature row at or before its ``event_timestamp``
     within the view's ttl, so labels of day ``d`` stamped at the start of ``d`` see the
-    features of ``d - 1`` and older, never of ``d`` itself.
+    features of ``d - 1`` and older, never of ``d`` itself. The ``*_days_since_*`` features
+    count to the feature timestamp of the newest day the row sees (``d - 1`` for such labels).
     """
     store = store or open_store(settings)
     if entity_rows.empty:
         return entity_rows.assign(**{name: pd.Series(dtype="float64") for name in model_feature_names(settings)})
     job = store.get_historical_features(entity_df=entity_rows, features=feature_refs(settings))
     joined = job.to_df()
-    missing = [name for name in model_feature_names(settings) if name not in joined.columns]
+    missing = [name for name in feature_refs(settings) if name.split(":", 1)[1] not in joined.columns]
     if missing:
         raise FeatureStoreError(f"historical features lack columns {missing}; run `freshrank features apply`")
-    return joined
+    return with_days_since(joined, seen_feature_timestamps_us(joined["event_timestamp"], settings))
+
+
+def seen_feature_timestamps_us(instants: pd.Series, settings: Settings) -> np.ndarray:
+    """Return, per instant, the feature timestamp (Unix epoch microseconds) of the newest day a join there sees."""
+    stamps = pd.to_datetime(instants, utc=True)
+    as_of = {
+        instant: epoch_us(feature_timestamp(feature_day_seen_at(instant, settings.zone), settings.zone))
+        for instant in stamps.unique()
+    }
+    return stamps.map(as_of).to_numpy(dtype="float64")
 
 
 def online_features_for(settings: Settings, view: str, keys: dict[str, str], store: FeatureStore | None = None) -> dict:
-    """Return the online values of one entity of a view (for `freshrank features`)."""
+    """Return the online values of one entity of a view (for `freshrank features`).
+
+    The stored columns come first, then the ``*_days_since_*`` features derived from the
+    recency columns as of the newest day the online store reflects (see ``online_as_of_us``).
+    """
     store = store or open_store(settings)
     names = feature_columns(view, settings.features)
     response = store.get_online_features(features=[f"{view}:{name}" for name in names], entity_rows=[keys])
-    return {name: values[0] for name, values in response.to_dict().items()}
+    values = {name: found[0] for name, found in response.to_dict().items()}
+    as_of = online_as_of_us(store.config, settings.zone)
+    if as_of is None:
+        newest = newest_feature_day(settings)
+        as_of = None if newest is None else epoch_us(feature_timestamp(newest, settings.zone))
+    stored = pd.DataFrame([{name: _float_or_nan(values.get(name)) for name in names}])
+    derived = with_days_since(stored, np.nan if as_of is None else as_of)
+    for name in model_feature_columns(view, settings.features):
+        if name not in values:
+            value = float(derived[name].iloc[0])
+            values[name] = None if math.isnan(value) else value
+    return values
+
+
+def _float_or_nan(value: object) -> float:
+    return float("nan") if value is None else float(value)
 
 
 def day_start(day: date, settings: Settings) -> pd.Timestamp:

@@ -6,10 +6,16 @@ fingerprint of the feature configuration. The next day's write compares partitio
 with partition ``d - 1`` and writes only the changed rows, which is correct only if the
 online store holds exactly partition ``d - 1`` and that file has not been rewritten since.
 
-The record lives inside the online store itself (a table of the SQLite file, a key of the
-Redis database), so a deleted SQLite file or a flushed Redis loses the watermark together
-with the rows and the next write is a full one. A write clears the watermark before it
-starts, so a write that fails halfway leaves none.
+The Redis watermark is a key of the Redis database, so a flushed Redis loses it together
+with the rows. The SQLite watermark is a JSON file next to the database file; it names the
+database file's device and inode, so a deleted or replaced database invalidates it. It is
+kept out of the database so that the database holds only Feast's rows.
+
+A write leaves the previous watermark in place until it succeeds. That is safe because
+every row a write puts in before it fails is either the row the watermark already claims
+(a diff write of ``d`` rewrites rows of ``d`` over an exact ``d - 1``, and its rerun repeats
+the same diff) or comes from a write the watermark's checks already reject (another day,
+a rewritten partition, other feature settings), so the next write is a full one.
 """
 
 from __future__ import annotations
@@ -17,20 +23,20 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import sqlite3
-from dataclasses import asdict, dataclass
+import os
+from dataclasses import asdict, dataclass, field, replace
 from datetime import date, datetime, timezone
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from feast import RepoConfig
 
 from freshrank.config import Settings
 from freshrank.errors import FeatureStoreError
-from freshrank.features import FEATURE_VIEWS, feature_columns, feature_timestamp, partition_path
+from freshrank.features import FEATURE_VIEWS, epoch_us, feature_columns, feature_timestamp, partition_path
 
 logger = logging.getLogger(__name__)
 
-_SQLITE_TABLE = "freshrank_online_watermark"
 _RECORD_VERSION = 1
 
 
@@ -45,6 +51,7 @@ class OnlineWatermark:
         feature_config: Fingerprint of the feature columns and settings the rows follow.
         mode: How the write that set it ran: ``diff`` or ``full``.
         written_at: UTC time of that write.
+        store_file: For SQLite, the device and inode of the database file written; empty for Redis.
     """
 
     day: str
@@ -52,6 +59,7 @@ class OnlineWatermark:
     feature_config: str
     mode: str
     written_at: str
+    store_file: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
         """Return the record as JSON text."""
@@ -73,6 +81,7 @@ class OnlineWatermark:
             feature_config=str(data["feature_config"]),
             mode=str(data["mode"]),
             written_at=str(data["written_at"]),
+            store_file=dict(data.get("store_file") or {}),
         )
 
 
@@ -104,7 +113,7 @@ def watermark_for(settings: Settings, day: date, mode: str) -> OnlineWatermark:
 
 
 def read_watermark(config: RepoConfig) -> OnlineWatermark | None:
-    """Return the watermark stored in the online store, or None when there is none.
+    """Return the online store's watermark, or None when there is none or its SQLite file was replaced.
 
     Raises:
         FeatureStoreError: The stored record cannot be parsed; clear it with
@@ -114,21 +123,27 @@ def read_watermark(config: RepoConfig) -> OnlineWatermark | None:
     if text is None:
         return None
     try:
-        return OnlineWatermark.from_json(text)
+        watermark = OnlineWatermark.from_json(text)
     except (ValueError, KeyError, TypeError) as exc:
         raise FeatureStoreError(
             f"the online watermark in {_describe(config)} is invalid ({exc}); "
             "delete it with freshrank.online_watermark.clear_watermark so that the next online write is a full one"
         ) from exc
+    if not _is_redis(config) and watermark.store_file != _sqlite_identity(config):
+        logger.debug("ignoring the online watermark of %s: the database file was replaced since it was written", watermark.day)
+        return None
+    return watermark
 
 
 def write_watermark(config: RepoConfig, watermark: OnlineWatermark) -> None:
-    """Store the watermark, replacing the previous one in one statement."""
+    """Store the watermark, replacing the previous one atomically."""
     if _is_redis(config):
         _redis_client(config).set(_redis_key(config), watermark.to_json())
     else:
-        with _sqlite(config) as connection:
-            connection.execute(f"INSERT OR REPLACE INTO {_SQLITE_TABLE} (id, record) VALUES (1, ?)", (watermark.to_json(),))
+        target = _sqlite_watermark_path(config)
+        temporary = target.with_name(f".{target.name}.tmp")
+        temporary.write_text(replace(watermark, store_file=_sqlite_identity(config)).to_json())
+        os.replace(temporary, target)
     logger.info("online store %s reflects feature day %s (%s write)", _describe(config), watermark.day, watermark.mode)
 
 
@@ -137,17 +152,14 @@ def clear_watermark(config: RepoConfig) -> None:
     if _is_redis(config):
         _redis_client(config).delete(_redis_key(config))
     else:
-        with _sqlite(config) as connection:
-            connection.execute(f"DELETE FROM {_SQLITE_TABLE}")
+        _sqlite_watermark_path(config).unlink(missing_ok=True)
 
 
-def online_as_of_us(config: RepoConfig, zone) -> float | None:
+def online_as_of_us(config: RepoConfig, zone: ZoneInfo) -> float | None:
     """Return the feature timestamp of the day the online store reflects, in Unix epoch microseconds.
 
-    None when the store has no watermark (never written by this version, or a write is running).
+    None when the store has no valid watermark (not yet written with watermarks, or replaced).
     """
-    from freshrank.features import epoch_us
-
     watermark = read_watermark(config)
     if watermark is None:
         return None
@@ -161,17 +173,25 @@ def _is_redis(config: RepoConfig) -> bool:
 def _describe(config: RepoConfig) -> str:
     if _is_redis(config):
         return f"Redis {config.online_store.connection_string} key {_redis_key(config)}"
-    return f"SQLite {config.online_store.path} table {_SQLITE_TABLE}"
+    return str(_sqlite_watermark_path(config))
 
 
 def _redis_key(config: RepoConfig) -> str:
     return f"freshrank:{config.project}:online_watermark"
 
 
+_REDIS_CLIENTS: dict[str, object] = {}
+
+
 def _redis_client(config: RepoConfig):
+    """Return a client of the Redis online store, one per connection string (each owns a connection pool)."""
     from feast.infra.online_stores.redis import RedisOnlineStore
 
-    return RedisOnlineStore()._get_client(config.online_store)
+    key = config.online_store.connection_string
+    client = _REDIS_CLIENTS.get(key)
+    if client is None:
+        client = _REDIS_CLIENTS[key] = RedisOnlineStore()._get_client(config.online_store)
+    return client
 
 
 def _read_redis(config: RepoConfig) -> str | None:
@@ -179,42 +199,22 @@ def _read_redis(config: RepoConfig) -> str | None:
     return None if value is None else value.decode()
 
 
-class _sqlite:
-    """A connection to the SQLite online store with the watermark table, committed on success."""
+def _sqlite_watermark_path(config: RepoConfig) -> Path:
+    database = Path(config.online_store.path)
+    return database.with_name(f"{database.name}.watermark.json")
 
-    def __init__(self, config: RepoConfig) -> None:
-        self.path = Path(config.online_store.path)
 
-    def __enter__(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.connection = sqlite3.connect(self.path, timeout=60)
-        self.connection.execute(
-            f"CREATE TABLE IF NOT EXISTS {_SQLITE_TABLE} (id INTEGER PRIMARY KEY CHECK (id = 1), record TEXT NOT NULL)"
-        )
-        return self.connection
-
-    def __exit__(self, kind, value, traceback) -> None:
-        try:
-            if kind is None:
-                self.connection.commit()
-        finally:
-            self.connection.close()
+def _sqlite_identity(config: RepoConfig) -> dict:
+    """Return the device and inode of the SQLite database file, or {} when it does not exist."""
+    try:
+        stat = Path(config.online_store.path).stat()
+    except FileNotFoundError:
+        return {}
+    return {"device": stat.st_dev, "inode": stat.st_ino}
 
 
 def _read_sqlite(config: RepoConfig) -> str | None:
-    path = Path(config.online_store.path)
-    if not path.exists():
-        return None
-    connection = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=60)
     try:
-        row = connection.execute(
-            f"SELECT record FROM {_SQLITE_TABLE} WHERE id = 1"
-        ).fetchone() if _has_table(connection) else None
-    finally:
-        connection.close()
-    return None if row is None else str(row[0])
-
-
-def _has_table(connection: sqlite3.Connection) -> bool:
-    found = connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (_SQLITE_TABLE,)).fetchone()
-    return found is not None
+        return _sqlite_watermark_path(config).read_text()
+    except FileNotFoundError:
+        return None

@@ -84,11 +84,11 @@ def _first_occurrence(values: pa.ChunkedArray) -> tuple[list, pa.Array]:
 def changed_rows(current: Path, previous: Path, join_keys: list[str], features: list[str]) -> pa.Table:
     """Return the rows of partition ``current`` whose feature values differ from partition ``previous``.
 
-    A row counts as changed when its entity is new, or when any feature differs; the event
-    and created timestamps are left out of the comparison. ``EXCEPT`` compares NULL with
-    NULL as equal, so an all-null expiry row is new only on the day the entity leaves.
-    Entities of ``previous`` missing from ``current`` yield nothing: they left earlier and
-    their expiry row was written then.
+    A row counts as changed when its entity is new or any feature differs. The event and
+    created timestamps are not compared. ``EXCEPT`` compares NULL with NULL as equal, so an
+    all-null expiry row is new only on the day the entity leaves. Entities of ``previous``
+    missing from ``current`` yield nothing, because they left earlier and their expiry row
+    was written then.
     """
     compared = ", ".join(_quoted(name) for name in [*join_keys, *features])
     keys = ", ".join(_quoted(name) for name in join_keys)
@@ -102,7 +102,8 @@ def changed_rows(current: Path, previous: Path, join_keys: list[str], features: 
     """
     connection = duckdb.connect()
     try:
-        return connection.execute(query).fetch_arrow_table()
+        connection.execute("SET TimeZone = 'UTC'")
+        return connection.sql(query).to_arrow_table()
     finally:
         connection.close()
 

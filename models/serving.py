@@ -14,6 +14,10 @@ a deployment is being picked up.
 Entities without a row in the online store (unknown users and items, the cold-start path) get
 NaN for every feature: the point-in-time join of training gives the same NaN to entities
 without history, so the model has learned a score for them. Responses list them as unknown.
+
+The online store contains recency as last-event times. ``FeatureLayout.model_values``
+derives the model's ``*_days_since_*`` features from them as of the newest feature day the
+online store reflects (its watermark), as training does for the day before each label day.
 """
 
 from __future__ import annotations
@@ -51,7 +55,8 @@ from freshrank.errors import (
     ServingUnavailableError,
 )
 from freshrank.feature_store import repo_config
-from freshrank.features import ENTITY_KEYS, FEATURE_VIEWS, feature_columns
+from freshrank.features import ENTITY_KEYS, FEATURE_VIEWS, RECENCY_FEATURES, days_since, feature_columns
+from freshrank.online_watermark import online_as_of_us
 from freshrank.warehouse import connect
 from models.ab import assign_variant
 from models.registry import CHAMPION_FILE, ModelRegistry
@@ -80,27 +85,44 @@ class FeatureLayout:
 
     Attributes:
         model_columns: Feature names in the order the model was trained on.
-        view_columns: Per feature view, its feature names in Feast order.
+        view_columns: Per feature view, its stored feature names in Feast order.
         positions: Per feature view, the model column index of each of its features.
+        recency: Per feature view, the indices in ``view_columns`` of the last-event time
+            columns (Unix epoch microseconds) that the model sees as days since that event.
     """
 
     model_columns: tuple[str, ...]
     view_columns: dict[str, tuple[str, ...]]
     positions: dict[str, np.ndarray]
+    recency: dict[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FeatureLayout:
         """Build the layout of the home's feature views (the same order as training)."""
         view_columns = {view: tuple(feature_columns(view, settings.features)) for view in FEATURE_VIEWS}
-        model_columns = tuple(name for view in FEATURE_VIEWS for name in view_columns[view])
+        model_names = {view: [RECENCY_FEATURES[view].get(name, name) for name in view_columns[view]] for view in FEATURE_VIEWS}
+        model_columns = tuple(name for view in FEATURE_VIEWS for name in model_names[view])
         if len(set(model_columns)) != len(model_columns):
             raise FeatureStoreError(
                 f"feature names repeat across views {list(FEATURE_VIEWS)}; each feature name must be unique "
                 "because the model's input columns are named by feature name alone"
             )
         index = {name: position for position, name in enumerate(model_columns)}
-        positions = {view: np.array([index[name] for name in names], dtype=np.intp) for view, names in view_columns.items()}
-        return cls(model_columns=model_columns, view_columns=view_columns, positions=positions)
+        positions = {view: np.array([index[name] for name in names], dtype=np.intp) for view, names in model_names.items()}
+        recency = {
+            view: np.array([j for j, name in enumerate(names) if name in RECENCY_FEATURES[view]], dtype=np.intp)
+            for view, names in view_columns.items()
+        }
+        return cls(model_columns=model_columns, view_columns=view_columns, positions=positions, recency=recency)
+
+    def model_values(self, view: str, block: FeatureBlock) -> np.ndarray:
+        """Return a block's values as model inputs: last-event times become days since, as of each row's ``event_ts``."""
+        columns = self.recency.get(view)
+        if columns is None or len(columns) == 0:
+            return block.values
+        values = block.values.copy()
+        values[:, columns] = days_since(block.event_ts[:, None] * 1e6, values[:, columns])
+        return values
 
 
 @dataclass(frozen=True)
@@ -108,9 +130,13 @@ class FeatureBlock:
     """One feature view's values for a list of entities, in request order.
 
     Attributes:
-        values: ``(rows, features)`` float64, NaN where a value is null or the entity unknown.
+        values: ``(rows, features)`` float64 stored values, NaN where a value is null or the
+            entity unknown.
         found: Per row, whether the entity has a row in the online store.
-        event_ts: Per row, the event timestamp of its feature row in Unix seconds, NaN if not found.
+        event_ts: Per row, the feature timestamp its values hold for, in Unix seconds, NaN if
+            not found: the row's own event timestamp, or the timestamp of the newest day the
+            online store reflects when that is later (a diff write leaves an unchanged row
+            with the timestamp of the day it last changed).
     """
 
     values: np.ndarray
@@ -162,14 +188,30 @@ class OnlineFeatureReader:
                 "so that feature views are applied and materialized before serving"
             )
         self.layout = layout
+        self.zone = settings.zone
         self.store = FeatureStore(config=repo_config(settings), repo_path=str(settings.feast_dir))
         self.provider = get_provider(self.store.config)
         self._views = self._feature_views()
+        self.as_of_s: float | None = None
+        self.refresh_as_of()
 
     def refresh_registry(self) -> None:
-        """Re-read the Feast registry file and the feature view definitions (after a materialization or `feast apply`)."""
+        """Re-read the Feast registry file, the feature view definitions and the online store's watermark."""
         self.store.refresh_registry()
         self._views = self._feature_views()
+        self.refresh_as_of()
+
+    def refresh_as_of(self) -> float | None:
+        """Re-read the feature timestamp of the newest day the online store reflects, in Unix seconds.
+
+        While the store has no valid watermark (written before watermarks existed, or
+        replaced) the last known value stays; without any, each row counts from its own
+        event timestamp.
+        """
+        as_of_us = online_as_of_us(self.store.config, self.zone)
+        if as_of_us is not None:
+            self.as_of_s = as_of_us / 1e6
+        return self.as_of_s
 
     def _feature_views(self) -> dict[str, FeatureView]:
         views = {}
@@ -204,15 +246,15 @@ class OnlineFeatureReader:
         rows = self.provider.online_read(
             config=self.store.config, table=self._views[view], entity_keys=entity_keys, requested_features=list(names)
         )
-        return _block_from_rows(rows, names)
+        return _block_from_rows(rows, names, self.as_of_s)
 
 
-def _block_from_rows(rows: Sequence[tuple], names: Sequence[str]) -> FeatureBlock:
+def _block_from_rows(rows: Sequence[tuple], names: Sequence[str], as_of_s: float | None = None) -> FeatureBlock:
     """Turn ``online_read`` rows of ``(event_timestamp, {feature: ValueProto})`` into a float block.
 
     An entity is found when its row has an event timestamp after the epoch: the SQLite store
     returns ``(None, None)`` for a missing entity, the Redis store a dict of empty values
-    stamped at the epoch.
+    stamped at the epoch. A found row's ``event_ts`` is at least ``as_of_s``.
     """
     values = np.full((len(rows), len(names)), np.nan)
     found = np.zeros(len(rows), dtype=bool)
@@ -224,7 +266,7 @@ def _block_from_rows(rows: Sequence[tuple], names: Sequence[str]) -> FeatureBloc
         if seconds <= 0:
             continue
         found[row] = True
-        event_ts[row] = seconds
+        event_ts[row] = seconds if as_of_s is None else max(seconds, as_of_s)
         for j, name in enumerate(names):
             value = data.get(name)
             if value is not None:
@@ -349,9 +391,9 @@ def score_matrix(
     """
     rows = len(items.found)
     matrix = np.empty((rows, len(layout.model_columns)), dtype=dtype)
-    matrix[:, layout.positions[USER_VIEW]] = user.values[0]
-    matrix[:, layout.positions[ITEM_VIEW]] = items.values
-    matrix[:, layout.positions[PAIR_VIEW]] = pairs.values
+    matrix[:, layout.positions[USER_VIEW]] = layout.model_values(USER_VIEW, user)[0]
+    matrix[:, layout.positions[ITEM_VIEW]] = layout.model_values(ITEM_VIEW, items)
+    matrix[:, layout.positions[PAIR_VIEW]] = layout.model_values(PAIR_VIEW, pairs)
     return matrix
 
 
@@ -940,7 +982,12 @@ class ServingEngine:
             The components that were replaced.
         """
         refreshed = []
-        steps = (("model", self._refresh_model), ("candidates", self._refresh_candidates), ("snapshot", self._refresh_snapshot))
+        steps = (
+            ("features_as_of", self._refresh_as_of),
+            ("model", self._refresh_model),
+            ("candidates", self._refresh_candidates),
+            ("snapshot", self._refresh_snapshot),
+        )
         for component, refresh in steps:
             try:
                 state = refresh(self.state)
@@ -974,6 +1021,11 @@ class ServingEngine:
             "refreshing the %s failed; the previous one keeps serving and each tick retries: %s",
             component, message, exc_info=exc,
         )
+
+    def _refresh_as_of(self, state: ServingState) -> None:
+        """Re-read the online store's watermark, so the days-since features count to its newest day."""
+        self.reader.refresh_as_of()
+        return None
 
     def _refresh_model(self, state: ServingState) -> ServingState | None:
         """Load the champion when its pointer file changed (a deployment or rollback)."""

@@ -26,7 +26,7 @@ from dagster import (
 )
 
 from freshrank.config import Settings
-from freshrank.feature_store import materialize_day, model_feature_names, open_store, probe_online
+from freshrank.feature_store import model_feature_names, open_store, probe_online, write_online
 from freshrank.features import FEATURE_VIEWS, write_feature_partition
 from freshrank.quality import validate_staged
 from freshrank.records import read_record, write_record
@@ -105,17 +105,23 @@ def build_assets(settings: Settings) -> tuple[list[AssetsDefinition], list]:
     @asset(partitions_def=partitions, deps=feature_assets, group_name="features", kinds={"feast", "sqlite"})
     def online_features(context: AssetExecutionContext, freshrank: FreshrankHome) -> MaterializeResult:
         """The day's user, item and user x item feature rows in the Feast online store, checked by
-        reading a sample of entities back and comparing it with the Parquet partitions."""
+        reading a sample of entities back and comparing it with the Parquet partitions. Only the
+        rows that changed since the day before are written when that is exact (write_mode diff)."""
         settings = freshrank.settings()
         day = _day(context)
         store = open_store(settings)
         with contextlib.redirect_stdout(io.StringIO()) as feast_output:
-            start, end = materialize_day(settings, day, store)
+            write = write_online(settings, day, store)
         logger.debug("feast materialize output: %s", feast_output.getvalue())
         probe = probe_online(settings, day, store)
         record = {
-            "window_start": start.isoformat(),
-            "window_end": end.isoformat(),
+            "window_start": write.start.isoformat(),
+            "window_end": write.end.isoformat(),
+            "write_mode": write.mode,
+            "write_reason": write.reason,
+            "rows_written": write.total_rows,
+            **{f"rows_written_{view}": rows for view, rows in write.rows.items()},
+            "write_seconds": round(write.seconds, 3),
             "probe_entities": probe.entities,
             "probe_values": probe.values,
             "probe_mismatches": len(probe.mismatches),

@@ -116,7 +116,7 @@ def test_corrected_day_recomputes_exact_set(ten_days):
     newest = expected_online_rows(settings, "user_features", day(10), day(10))
     offline = newest.set_index("user_id").loc[user]
     online = online_features_for(settings, "user_features", {"user_id": user})
-    for name in ("u_views_7d", "u_purchases_7d", "u_days_since_last_event"):
+    for name in ("u_views_7d", "u_purchases_7d", "u_last_event_epoch_us"):
         assert online[name] == pytest.approx(offline[name]), name
 
 
@@ -212,5 +212,5 @@ def test_correction_reaches_redis(tmp_path, redis_url):
     assert all(run.success for run in run_changes(settings))
     offline = expected_online_rows(settings, "user_features", day(4), day(4)).set_index("user_id").loc[user]
     online = online_features_for(settings, "user_features", {"user_id": user})
-    for name in ("u_views_7d", "u_carts_7d", "u_days_since_last_event"):
+    for name in ("u_views_7d", "u_carts_7d", "u_last_event_epoch_us"):
         assert online[name] == pytest.approx(offline[name]), name

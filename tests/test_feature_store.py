@@ -22,7 +22,18 @@ from freshrank.feature_store import (
     open_store,
     probe_online,
 )
-from freshrank.features import ENTITY_KEYS, FEATURE_VIEWS, feature_columns, partition_path, write_feature_partition
+from freshrank.features import (
+    ENTITY_KEYS,
+    FEATURE_VIEWS,
+    RECENCY_FEATURES,
+    epoch_us,
+    feature_columns,
+    feature_timestamp,
+    model_feature_columns,
+    partition_path,
+    with_days_since,
+    write_feature_partition,
+)
 
 DAY = date(2024, 3, 10)
 PREVIOUS_DAY = date(2024, 3, 9)
@@ -68,7 +79,11 @@ def test_refs_follow_view_columns(served: Settings) -> None:
     refs = feature_refs(served)
     expected = [f"{view}:{name}" for view in FEATURE_VIEWS for name in feature_columns(view, served.features)]
     assert refs == expected
-    assert model_feature_names(served) == [ref.split(":", 1)[1] for ref in expected]
+    renames = {stored: model for view in FEATURE_VIEWS for stored, model in RECENCY_FEATURES[view].items()}
+    stored_names = [ref.split(":", 1)[1] for ref in expected]
+    assert model_feature_names(served) == [renames.get(name, name) for name in stored_names]
+    assert "u_days_since_last_event" in model_feature_names(served)
+    assert "u_last_event_epoch_us" not in model_feature_names(served)
 
 
 def test_probe_finds_no_mismatch(served: Settings) -> None:
@@ -106,10 +121,11 @@ def test_features_of_day_before(served: Settings) -> None:
     # Each label row of DAY, stamped at DAY's start, gets the partition of the day before.
     rows = pd.DataFrame({"user_id": [u for u, _ in PAIRS], "item_id": [i for _, i in PAIRS]})
     joined = historical_features(served, rows.assign(event_timestamp=day_start(DAY, served)))
+    as_of = epoch_us(feature_timestamp(PREVIOUS_DAY, served.zone))
     for view in FEATURE_VIEWS:
         keys = list(ENTITY_KEYS[view])
-        expected = rows.merge(offline(served, view, PREVIOUS_DAY), on=keys, how="left")
-        for name in feature_columns(view, served.features):
+        expected = with_days_since(rows.merge(offline(served, view, PREVIOUS_DAY), on=keys, how="left"), as_of)
+        for name in model_feature_columns(view, served.features):
             merged = joined.merge(expected[["user_id", "item_id", name]], on=["user_id", "item_id"], suffixes=("", "_expected"))
             pd.testing.assert_series_equal(merged[name], merged[f"{name}_expected"], check_names=False, obj=f"{view}:{name}")
 

@@ -14,10 +14,14 @@ from freshrank.config import Settings
 from freshrank.features import (
     ENTITY_KEYS,
     FEATURE_VIEWS,
+    RECENCY_FEATURES,
     TIMESTAMP_COLUMNS,
+    epoch_us,
     feature_columns,
     feature_timestamp,
+    model_feature_columns,
     partition_path,
+    with_days_since,
     write_feature_partition,
 )
 
@@ -129,6 +133,11 @@ def read_partition(settings: Settings, view: str, day: date) -> pd.DataFrame:
     return pd.read_parquet(partition_path(settings.offline_dir, view, day))
 
 
+def read_model_features(settings: Settings, view: str, day: date) -> pd.DataFrame:
+    """Read a partition with the model's days-since features, counted to the day's feature timestamp."""
+    return with_days_since(read_partition(settings, view, day), epoch_us(feature_timestamp(day, settings.zone)))
+
+
 def check_values(frame: pd.DataFrame, expected: dict[str, float | None], where: str) -> None:
     assert len(frame) == 1, where
     row = frame.iloc[0]
@@ -148,19 +157,19 @@ def home(tmp_path_factory, core_home_builder, core_shop) -> Settings:
 
 @pytest.mark.parametrize("user", sorted(USER_EXPECTED))
 def test_user_features_by_hand(home: Settings, user: str) -> None:
-    frame = read_partition(home, "user_features", DAY)
+    frame = read_model_features(home, "user_features", DAY)
     check_values(frame[frame["user_id"] == user], USER_EXPECTED[user], user)
 
 
 @pytest.mark.parametrize("item", sorted(ITEM_EXPECTED))
 def test_item_features_by_hand(home: Settings, item: str) -> None:
-    frame = read_partition(home, "item_features", DAY)
+    frame = read_model_features(home, "item_features", DAY)
     check_values(frame[frame["item_id"] == item], ITEM_EXPECTED[item], item)
 
 
 @pytest.mark.parametrize("pair", sorted(USER_ITEM_EXPECTED))
 def test_user_item_features_by_hand(home: Settings, pair: tuple[str, str]) -> None:
-    frame = read_partition(home, "user_item_features", DAY)
+    frame = read_model_features(home, "user_item_features", DAY)
     match = frame[(frame["user_id"] == pair[0]) & (frame["item_id"] == pair[1])]
     check_values(match, USER_ITEM_EXPECTED[pair], str(pair))
 
@@ -178,7 +187,7 @@ def test_rows_without_user_make_no_user_row(home: Settings) -> None:
 
 
 def test_day_without_events_has_zero_counts(home: Settings) -> None:
-    frame = read_partition(home, "user_features", date(2024, 3, 6))
+    frame = read_model_features(home, "user_features", date(2024, 3, 6))
     u1 = frame[frame["user_id"] == "u1"].iloc[0]
     assert u1["u_views_1d"] == 0
     assert u1["u_views_7d"] == 2
@@ -247,6 +256,44 @@ def test_feature_timestamp_in_business_zone() -> None:
     # Berlin moves to summer time on 31 March 2024, so that day ends at 22:00 UTC.
     assert feature_timestamp(date(2024, 3, 31), ZoneInfo("Europe/Berlin")) == pd.Timestamp("2024-03-31 21:59:59", tz="UTC")
     assert feature_timestamp(date(2024, 3, 30), ZoneInfo("Europe/Berlin")) == pd.Timestamp("2024-03-30 22:59:59", tz="UTC")
+
+
+def test_recency_stored_as_last_event_time(home: Settings) -> None:
+    # u1's last event before the end of 10 March is the purchase of i3 at 18:00 UTC.
+    u1 = read_partition(home, "user_features", DAY).set_index("user_id").loc["u1"]
+    assert u1["u_last_event_epoch_us"] == epoch_us(pd.Timestamp("2024-03-10 18:00", tz="UTC"))
+    assert u1["u_last_purchase_epoch_us"] == epoch_us(pd.Timestamp("2024-03-10 18:00", tz="UTC"))
+    # The stored time stays put on a day without events; only the derived days grow.
+    later = read_partition(home, "user_features", date(2024, 3, 6)).set_index("user_id").loc["u1"]
+    earlier = read_partition(home, "user_features", date(2024, 3, 5)).set_index("user_id").loc["u1"]
+    assert later["u_last_event_epoch_us"] == earlier["u_last_event_epoch_us"]
+
+
+@pytest.mark.parametrize("view", FEATURE_VIEWS)
+def test_model_columns_rename_recency_in_place(home: Settings, view: str) -> None:
+    stored = feature_columns(view, home.features)
+    model = model_feature_columns(view, home.features)
+    assert len(model) == len(stored)
+    for stored_name, model_name in zip(stored, model):
+        assert model_name == RECENCY_FEATURES[view].get(stored_name, stored_name)
+    assert sorted(set(stored) - set(model)) == sorted(RECENCY_FEATURES[view])
+
+
+def test_days_since_equals_sql_interval_epoch() -> None:
+    # The derivation must give the same doubles as DuckDB's epoch(as_of - last_event) / 86400,
+    # the definition before recency was stored as a time, sub-second times included.
+    as_of = pd.Timestamp("2024-03-10 23:59:59", tz="UTC")
+    times = [as_of - pd.Timedelta(microseconds=m) for m in (0, 1, 499_999, 86_400_000_000, 2_592_061_234_567, 7_775_999_999_999)]
+    times.append(as_of + pd.Timedelta(milliseconds=500))
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    expected = [
+        con.execute("SELECT epoch($as_of::TIMESTAMPTZ - $t::TIMESTAMPTZ) / 86400.0", {"as_of": as_of, "t": t}).fetchone()[0]
+        for t in times
+    ]
+    stored = pd.DataFrame({"u_last_event_epoch_us": [epoch_us(t) for t in times]})
+    derived = with_days_since(stored, epoch_us(as_of))["u_days_since_last_event"].tolist()
+    assert derived == expected
 
 
 def test_feature_columns_follow_windows(home: Settings) -> None:

@@ -27,8 +27,8 @@ import uvicorn
 import xgboost as xgb
 
 from freshrank.config import ABConfig, Settings, load_settings, save_settings
-from freshrank.feature_store import materialize_day, model_feature_names, open_store
-from freshrank.features import ENTITY_KEYS, FEATURE_VIEWS, TIMESTAMP_COLUMNS
+from freshrank.feature_store import materialize_day, model_feature_names, newest_feature_day, open_store
+from freshrank.features import ENTITY_KEYS, FEATURE_VIEWS, TIMESTAMP_COLUMNS, epoch_us, feature_timestamp, with_days_since
 from freshrank.increments import landed_days
 from freshrank.records import write_record
 from freshrank.synthetic import ShopSpec, generate_shop
@@ -153,10 +153,15 @@ def latest_offline_rows(offline_dir: Path, view: str) -> pd.DataFrame:
 def offline_frame(settings: Settings, user_id: str, item_ids: list[str], overrides: dict | None = None) -> pd.DataFrame:
     """Build the scoring rows of one request from the offline partitions (left joins keep the candidate order)."""
     frame = pd.DataFrame({"user_id": [user_id] * len(item_ids), "item_id": item_ids})
+    newest = epoch_us(feature_timestamp(newest_feature_day(settings), settings.zone))
     for view in FEATURE_VIEWS:
         rows = (overrides or {}).get(view)
         if rows is None:
             rows = latest_offline_rows(settings.offline_dir, view)
+        # Days since count to the newest feature day the online store reflects, or to a
+        # row's own timestamp when it is newer (a row written after the watermark).
+        row_stamps = pd.to_datetime(rows["event_timestamp"], utc=True).map(epoch_us).to_numpy(dtype="float64")
+        rows = with_days_since(rows, np.maximum(row_stamps, newest))
         frame = frame.merge(rows.drop(columns=list(TIMESTAMP_COLUMNS)), on=list(ENTITY_KEYS[view]), how="left")
     return frame
 
@@ -172,7 +177,7 @@ def offline_scores(settings: Settings, version: str, user_id: str, item_ids: lis
 def busy_user(settings: Settings) -> tuple[str, list[str]]:
     """Return the user with most user x item rows and those items."""
     pairs = latest_offline_rows(settings.offline_dir, PAIR_VIEW)
-    pairs = pairs[pairs["ui_days_since_last_event"].notna()]
+    pairs = pairs[pairs["ui_last_event_epoch_us"].notna()]
     user = pairs.groupby("user_id").size().sort_values(ascending=False, kind="stable").index[0]
     return str(user), sorted(pairs.loc[pairs["user_id"] == user, "item_id"].astype(str))
 

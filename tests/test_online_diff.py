@@ -1,0 +1,373 @@
+"""Tests of the diff write of the online store (freshrank.feature_store.write_online) on the tiny shop.
+
+A replay writes only the rows that changed since the day before. Afterwards the online store
+must contain what full writes give, which is the newest offline row of every entity. The
+tests read it through Feast and raw from the SQLite tables or Redis hashes.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import date, timedelta
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+from feast.infra.key_encoding_utils import serialize_entity_key
+from feast.infra.online_stores.helpers import _mmh3, _redis_key, compute_table_id
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
+from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+
+from freshrank.config import OnlineStoreConfig, Settings, load_settings, save_settings
+from freshrank.feature_store import (
+    OnlineWrite,
+    expected_online_rows,
+    open_store,
+    plan_online_write,
+    probe_online,
+    write_online,
+)
+from freshrank.features import (
+    ENTITY_KEYS,
+    FEATURE_VIEWS,
+    RECENCY_COLUMNS,
+    feature_columns,
+    feature_timestamp,
+    write_feature_partition,
+)
+from freshrank.online_watermark import clear_watermark, read_watermark
+from freshrank.training_rows import build_training_rows
+from feature_repo.features import _ttl
+
+FIRST_DAY = date(2024, 2, 10)
+"""u3's only event (a view of i4); the replay then jumps to REPLAY_START."""
+REPLAY_START = date(2024, 2, 28)
+CORRECTED_DAY = date(2024, 3, 5)
+NEWEST_DAY = date(2024, 3, 12)
+REPLAY_DAYS = (FIRST_DAY,) + tuple(REPLAY_START + timedelta(days=n) for n in range((NEWEST_DAY - REPLAY_START).days + 1))
+
+
+def write_features(settings: Settings, day: date) -> None:
+    for view in FEATURE_VIEWS:
+        write_feature_partition(settings.warehouse_path, settings.offline_dir, view, day, settings.features, settings.zone)
+
+
+def replay(settings: Settings, core_publish, core_event_row) -> tuple[dict[str, OnlineWrite], dict]:
+    """Replay the tiny shop day by day with a lost watermark and a corrected day.
+
+    Returns each write by label, and for SQLite the raw online rows per view as they were
+    after NEWEST_DAY, before the correction rewrote every row of the later days.
+    """
+    store = open_store(settings)
+    writes: dict[str, OnlineWrite] = {}
+    for day in REPLAY_DAYS:
+        if day == date(2024, 3, 3):
+            clear_watermark(store.config)
+        write_features(settings, day)
+        writes[day.isoformat()] = write_online(settings, day, store)
+    before_correction = {}
+    if settings.online_store.type == "sqlite":
+        before_correction = {view: raw_sqlite_rows(settings, view) for view in FEATURE_VIEWS}
+    # A late event corrects 5 March: its features and every later day's are recomputed and
+    # written online oldest first, as the changed-partitions run does.
+    extra = core_event_row("2024-03-05 22:00", "u2", "i3", "add_to_cart")
+    events = pd.concat([pd.read_parquet(settings.landing_dir / CORRECTED_DAY.isoformat() / "events.parquet"), pd.DataFrame([extra])])
+    core_publish(settings, CORRECTED_DAY, events)
+    day = CORRECTED_DAY
+    while day <= NEWEST_DAY:
+        write_features(settings, day)
+        writes[f"corrected {day.isoformat()}"] = write_online(settings, day, store)
+        day += timedelta(days=1)
+    # One more day after the correction: the store again reflects the day before exactly.
+    next_day = NEWEST_DAY + timedelta(days=1)
+    write_features(settings, next_day)
+    writes[next_day.isoformat()] = write_online(settings, next_day, store)
+    return writes, before_correction
+
+
+def expected_rows(settings: Settings, view: str) -> pd.DataFrame:
+    """Return what full writes leave online: the newest offline row of each entity over all partitions."""
+    return expected_online_rows(settings, view, FIRST_DAY, NEWEST_DAY + timedelta(days=1))
+
+
+def entity_key(view: str, record: dict) -> EntityKeyProto:
+    keys = list(ENTITY_KEYS[view])
+    return EntityKeyProto(join_keys=keys, entity_values=[ValueProto(string_val=str(record[key])) for key in keys])
+
+
+def decode(blob: bytes | None) -> float:
+    if blob is None:
+        return float("nan")
+    value = ValueProto.FromString(blob)
+    return value.double_val if value.WhichOneof("val") == "double_val" else float("nan")
+
+
+def raw_sqlite_rows(settings: Settings, view: str) -> dict[bytes, dict[str, tuple[float, int]]]:
+    """Return entity key -> feature -> (value, event_ts) as stored in the SQLite online table."""
+    store = open_store(settings)
+    table = compute_table_id(store.config.project, store.get_feature_view(view), store.config.registry.enable_online_feature_view_versioning)
+    connection = sqlite3.connect(settings.feast_dir / "online.db")
+    try:
+        rows = connection.execute(f'SELECT entity_key, feature_name, value, event_ts FROM "{table}"').fetchall()
+    finally:
+        connection.close()
+    stored: dict[bytes, dict[str, tuple[float, int]]] = {}
+    for key, name, blob, event_ts in rows:
+        stored.setdefault(bytes(key), {})[name] = (decode(blob), int(event_ts))
+    return stored
+
+
+def assert_feast_reads_expected(settings: Settings) -> None:
+    store = open_store(settings)
+    for view in FEATURE_VIEWS:
+        expected = expected_rows(settings, view)
+        keys = list(ENTITY_KEYS[view])
+        names = feature_columns(view, settings.features)
+        online = store.get_online_features(
+            features=[f"{view}:{name}" for name in names], entity_rows=expected[keys].to_dict("records")
+        ).to_df()
+        for name in names:
+            actual = pd.to_numeric(online[name], errors="coerce").to_numpy(dtype="float64")
+            np.testing.assert_array_equal(actual, expected[name].to_numpy(dtype="float64"), err_msg=f"{view}:{name}")
+
+
+def nonnull_row_ages_days(settings: Settings, view: str, stored: dict, newest_day: date) -> list[float]:
+    """Return, for each online row with values, its age at the feature timestamp of ``newest_day``, in days."""
+    newest = feature_timestamp(newest_day, settings.zone).timestamp()
+    ages = []
+    for features in stored.values():
+        value, event_ts = features[RECENCY_COLUMNS[view]]
+        if not np.isnan(value):
+            ages.append((newest - event_ts) / 86400)
+    return ages
+
+
+@pytest.fixture(scope="module")
+def replayed(tmp_path_factory, core_home_builder, core_shop, core_publish, core_event_row) -> tuple[Settings, dict, dict]:
+    """The tiny shop replayed into the SQLite online store with diff writes."""
+    settings = core_home_builder(tmp_path_factory.mktemp("diff") / "home", core_shop(), ())
+    writes, before_correction = replay(settings, core_publish, core_event_row)
+    return settings, writes, before_correction
+
+
+def test_replay_modes(replayed) -> None:
+    _, writes, _ = replayed
+    assert writes["2024-02-10"].mode == "full"
+    assert "no watermark" in writes["2024-02-10"].reason
+    assert writes["2024-02-28"].mode == "full"
+    assert "reflects 2024-02-10, not the day before 2024-02-28" in writes["2024-02-28"].reason
+    assert writes["2024-02-29"].mode == "diff"
+    assert writes["2024-03-03"].mode == "full"
+    assert "no watermark" in writes["2024-03-03"].reason
+    for day in ("2024-03-04", "2024-03-10", "2024-03-12"):
+        assert writes[day].mode == "diff", day
+    assert writes["corrected 2024-03-05"].mode == "full"
+    assert "older than the newest feature day 2024-03-12" in writes["corrected 2024-03-05"].reason
+    assert writes["corrected 2024-03-12"].mode == "full"
+    assert "reflects 2024-03-12, not the day before" in writes["corrected 2024-03-12"].reason
+    assert writes["2024-03-13"].mode == "diff"
+
+
+def test_diff_writes_fewer_rows(replayed) -> None:
+    settings, writes, _ = replayed
+    # 12 March has no events, but the windows still drop old events of some entities.
+    partition_rows = sum(len(pd.read_parquet(settings.offline_dir / view / "2024-03-12.parquet")) for view in FEATURE_VIEWS)
+    assert 0 < writes["2024-03-12"].total_rows < partition_rows
+
+
+def test_replay_reads_like_full_writes(replayed) -> None:
+    settings, _, _ = replayed
+    assert_feast_reads_expected(settings)
+
+
+@pytest.mark.parametrize("view", FEATURE_VIEWS)
+def test_replay_raw_rows_like_full_writes(replayed, view: str) -> None:
+    settings, _, _ = replayed
+    stored = raw_sqlite_rows(settings, view)
+    expected = expected_rows(settings, view)
+    version = open_store(settings).config.entity_key_serialization_version
+    names = feature_columns(view, settings.features)
+    assert len(stored) == len(expected)
+    for record in expected.to_dict("records"):
+        key = serialize_entity_key(entity_key(view, record), entity_key_serialization_version=version)
+        assert sorted(stored[key]) == sorted(names), record
+        for name in names:
+            np.testing.assert_equal(stored[key][name][0], float(record[name]), err_msg=f"{record} {name}")
+
+
+def test_entities_that_left_are_null_online(replayed) -> None:
+    settings, _, _ = replayed
+    store = open_store(settings)
+    online = store.get_online_features(features=["user_features:u_views_28d"], entity_rows=[{"user_id": "u3"}]).to_dict()
+    assert online["u_views_28d"] == [None]
+    items = store.get_online_features(features=["item_features:i_views_28d"], entity_rows=[{"item_id": "i4"}]).to_dict()
+    assert items["i_views_28d"] == [None]
+
+
+@pytest.mark.parametrize("view", FEATURE_VIEWS)
+def test_unchanged_rows_younger_than_ttl(replayed, view: str) -> None:
+    # Diff writes leave unchanged rows with an older event timestamp. A row with values must
+    # still be younger than the view's ttl, so that the ttl never hides it.
+    settings, _, before_correction = replayed
+    ttl_days = _ttl(view, settings.features).days
+    before = nonnull_row_ages_days(settings, view, before_correction[view], NEWEST_DAY)
+    after = nonnull_row_ages_days(settings, view, raw_sqlite_rows(settings, view), NEWEST_DAY + timedelta(days=1))
+    assert before
+    assert after
+    assert max(before) < ttl_days
+    assert max(after) < ttl_days
+    if view == "user_item_features":
+        # (u3, i4) was last written by the full write of 3 March; the diff writes left it alone.
+        assert max(before) == 9
+
+
+def test_watermark_names_newest_day(replayed) -> None:
+    settings, _, _ = replayed
+    watermark = read_watermark(open_store(settings).config)
+    assert watermark is not None
+    assert watermark.day == "2024-03-13"
+    assert watermark.mode == "diff"
+    assert set(watermark.partitions) == set(FEATURE_VIEWS)
+
+
+def test_probe_after_diff_write(replayed) -> None:
+    settings, _, _ = replayed
+    assert probe_online(settings, NEWEST_DAY + timedelta(days=1)).matched
+
+
+@pytest.fixture
+def written_to_march_9(tmp_path: Path, core_home_builder, core_shop, core_feature_days) -> Settings:
+    """The tiny shop with features up to 9 March written online; 10 March's features are computed, not yet online."""
+    settings = core_home_builder(tmp_path / "home", core_shop(), tuple(day for day in core_feature_days if day < date(2024, 3, 10)))
+    first = write_online(settings, date(2024, 3, 9), open_store(settings))
+    assert first.mode == "full"
+    write_features(settings, date(2024, 3, 10))
+    return settings
+
+
+def test_diff_row_count_by_hand(written_to_march_9: Settings) -> None:
+    settings = written_to_march_9
+    store = open_store(settings)
+    write = write_online(settings, date(2024, 3, 10), store)
+    assert write.mode == "diff"
+    # Users: u1 and u2 have events on 10 March; u3's expiry row of 9 March is not repeated.
+    assert write.rows["user_features"] == 2
+    # Items: i1 and i2 have new views, i3 is new; i4's expiry row is not repeated.
+    assert write.rows["item_features"] == 3
+    # Pairs: (u1, i1) and (u2, i2) have new views and (u1, i3) is new. (u1, i2), (u2, i1)
+    # and (u3, i4) keep their counts, times and category shares.
+    assert write.rows["user_item_features"] == 3
+    assert write.total_rows == 8
+
+
+def test_rewritten_previous_partition_forces_full(written_to_march_9: Settings) -> None:
+    settings = written_to_march_9
+    store = open_store(settings)
+    write_feature_partition(settings.warehouse_path, settings.offline_dir, "item_features", date(2024, 3, 9), settings.features, settings.zone)
+    write = write_online(settings, date(2024, 3, 10), store)
+    assert write.mode == "full"
+    assert "item_features partition of 2024-03-09 was rewritten" in write.reason
+    assert probe_online(settings, date(2024, 3, 10)).matched
+
+
+def test_changed_feature_config_forces_full(written_to_march_9: Settings) -> None:
+    settings = written_to_march_9
+    store = open_store(settings)
+    changed = settings.model_copy(update={"features": settings.features.model_copy(update={"windows_days": (1, 7, 27, 28)})})
+    mode, reason = plan_online_write(changed, store, date(2024, 3, 10), date(2024, 3, 10))
+    assert mode == "full"
+    assert "feature columns or settings changed" in reason
+
+
+def test_training_days_since_equal_old_sql(core_tiny_home: Settings) -> None:
+    # The old features computed epoch(as_of - max(event_time)) / 86400 in DuckDB, as of the
+    # feature timestamp of the day before the label day.
+    settings = core_tiny_home
+    rows, _ = build_training_rows(settings, date(2024, 3, 10))
+    as_of = feature_timestamp(date(2024, 3, 9), settings.zone)
+    checks = {
+        "u_days_since_last_event": ("user_id", 28, ""),
+        "u_days_since_last_purchase": ("user_id", 28, "FILTER (event_type = 'purchase')"),
+        "i_days_since_last_event": ("item_id", 28, ""),
+        "i_days_since_last_purchase": ("item_id", 28, "FILTER (event_type = 'purchase')"),
+    }
+    con = duckdb.connect(str(settings.warehouse_path), read_only=True)
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        for column, (key, window, purchase_filter) in checks.items():
+            old = dict(
+                con.execute(
+                    f"SELECT {key}, epoch($as_of::TIMESTAMPTZ - max(event_time) {purchase_filter}) / 86400.0 FROM events "
+                    f"WHERE event_day BETWEEN $first AND $last GROUP BY {key}",
+                    {"as_of": as_of, "first": date(2024, 3, 9) - timedelta(days=window - 1), "last": date(2024, 3, 9)},
+                ).fetchall()
+            )
+            for entity, value in zip(rows[key], rows[column]):
+                expected = old.get(entity)
+                if expected is None:
+                    assert pd.isna(value), f"{column} {entity}"
+                else:
+                    assert value == expected, f"{column} {entity}"
+        pairs = dict(
+            ((user, item), value)
+            for user, item, value in con.execute(
+                "SELECT user_id, item_id, epoch($as_of::TIMESTAMPTZ - max(event_time)) / 86400.0 FROM events "
+                "WHERE event_day BETWEEN $first AND $last AND user_id IS NOT NULL GROUP BY user_id, item_id",
+                {"as_of": as_of, "first": date(2024, 3, 9) - timedelta(days=89), "last": date(2024, 3, 9)},
+            ).fetchall()
+        )
+    finally:
+        con.close()
+    for user, item, value in zip(rows["user_id"], rows["item_id"], rows["ui_days_since_last_event"]):
+        expected = pairs.get((user, item))
+        assert (pd.isna(value) if expected is None else value == expected), f"{user} {item}: {value} != {expected}"
+    assert rows["u_days_since_last_event"].notna().any()
+
+
+@pytest.fixture
+def redis_home(tmp_path: Path, redis_server: str, core_home_builder, core_shop) -> Settings:
+    """A tiny-shop home on an emptied Redis online store, without feature partitions."""
+    import redis
+
+    redis.Redis.from_url(f"redis://{redis_server}").flushall()
+    settings = core_home_builder(tmp_path / "home", core_shop(), ())
+    online = OnlineStoreConfig(type="redis", connection_string=redis_server)
+    save_settings(settings.model_copy(update={"online_store": online}))
+    return load_settings(settings.home)
+
+
+def test_redis_replay_like_full_writes(redis_home: Settings, core_publish, core_event_row) -> None:
+    settings = redis_home
+    import redis as redis_client
+
+    client = redis_client.Redis.from_url(f"redis://{settings.online_store.connection_string}")
+    writes, _ = replay(settings, core_publish, core_event_row)
+    assert writes["2024-03-12"].mode == "diff"
+    assert writes["2024-03-13"].mode == "diff"
+    assert_feast_reads_expected(settings)
+    config = open_store(settings).config
+    version = config.entity_key_serialization_version
+    for view in FEATURE_VIEWS:
+        for record in expected_rows(settings, view).to_dict("records"):
+            stored = client.hgetall(_redis_key(config.project, entity_key(view, record), entity_key_serialization_version=version))
+            for name in feature_columns(view, settings.features):
+                actual = decode(stored.get(_mmh3(f"{view}:{name}")))
+                np.testing.assert_equal(actual, float(record[name]), err_msg=f"{view} {record} {name}")
+
+
+def test_redis_flush_loses_watermark(redis_home: Settings) -> None:
+    settings = redis_home
+    import redis as redis_client
+
+    write_features(settings, FIRST_DAY)
+    store = open_store(settings)
+    write_online(settings, FIRST_DAY, store)
+    assert read_watermark(store.config).day == FIRST_DAY.isoformat()
+    redis_client.Redis.from_url(f"redis://{settings.online_store.connection_string}").flushall()
+    assert read_watermark(store.config) is None
+    next_day = FIRST_DAY + timedelta(days=1)
+    write_features(settings, next_day)
+    assert write_online(settings, next_day, store).mode == "full"
+
