@@ -158,9 +158,10 @@ def write_online(settings: Settings, day: date, store: FeatureStore | None = Non
                 f"no {view} partition for {day} under {settings.offline_dir / view}; compute the features first"
             )
     newest = max(day, newest_feature_day(settings) or day)
-    start, _ = day_bounds(day, settings.zone)
-    _, end = day_bounds(newest, settings.zone)
     mode, reason = plan_online_write(settings, store, day, newest)
+    first = full_write_first_day(settings, store, day, newest) if mode == "full" else day
+    start, _ = day_bounds(first, settings.zone)
+    _, end = day_bounds(newest, settings.zone)
     # Signatures are taken before reading the partitions: a partition replaced during the
     # write then no longer matches the watermark, and the next day's write is a full one.
     # The previous watermark stays until the write succeeds (see freshrank.online_watermark).
@@ -172,12 +173,35 @@ def write_online(settings: Settings, day: date, store: FeatureStore | None = Non
     elif mode == "diff":
         rows = diff_materialize(settings, store, day)
     else:
-        rows = bulk_materialize(settings, store, day, newest)
+        rows = bulk_materialize(settings, store, first, newest)
     crash_point("feature_store.after_materialize")
     write_watermark(store.config, watermark)
     write = OnlineWrite(start=start, end=end, mode=mode, reason=reason, rows=rows, seconds=time.perf_counter() - began)
     logger.info("%s online write of %s: %d entity rows in %.1f s (%s)", mode, day, write.total_rows, write.seconds, reason)
     return write
+
+
+def full_write_first_day(settings: Settings, store: FeatureStore, day: date, newest: date) -> date:
+    """Return the first partition a full write of ``day`` reads.
+
+    A full write keeps the newest row per entity of the partitions from this day to
+    ``newest``. When the online store missed days (its watermark names a day before
+    ``day - 1``, or it has no readable watermark), an entity may have left every window on
+    a missed day, so its expiry row exists only in that day's partition. The write then
+    starts after the watermark day, and at most ``features.max_window_days`` days back:
+    an entity's values expire (the views' ttl) within that span anyway.
+    """
+    if day < newest:
+        return day
+    earliest = day - timedelta(days=settings.features.max_window_days - 1)
+    try:
+        watermark = read_watermark(store.config)
+    except FeatureStoreError:
+        return earliest
+    if watermark is None:
+        return earliest
+    after_watermark = date.fromisoformat(watermark.day) + timedelta(days=1)
+    return min(day, max(earliest, after_watermark))
 
 
 def plan_online_write(settings: Settings, store: FeatureStore, day: date, newest: date) -> tuple[str, str]:

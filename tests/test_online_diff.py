@@ -24,6 +24,7 @@ from freshrank.config import OnlineStoreConfig, Settings, load_settings, save_se
 from freshrank.feature_store import (
     OnlineWrite,
     expected_online_rows,
+    full_write_first_day,
     open_store,
     plan_online_write,
     probe_online,
@@ -37,6 +38,7 @@ from freshrank.features import (
     feature_timestamp,
     write_feature_partition,
 )
+from freshrank.increments import day_bounds
 from freshrank.online_watermark import clear_watermark, read_watermark
 from freshrank.training_rows import build_training_rows
 from feature_repo.features import _ttl
@@ -270,6 +272,32 @@ def test_rewritten_previous_partition_forces_full(written_to_march_9: Settings) 
     assert write.mode == "full"
     assert "item_features partition of 2024-03-09 was rewritten" in write.reason
     assert probe_online(settings, date(2024, 3, 10)).matched
+
+
+def test_full_write_covers_missed_days(written_to_march_9: Settings) -> None:
+    settings = written_to_march_9
+    store = open_store(settings)
+    newest = date(2024, 3, 12)
+    for day in (date(2024, 3, 11), newest):
+        write_features(settings, day)
+
+    write = write_online(settings, newest, store)
+
+    assert write.mode == "full"
+    assert "reflects 2024-03-09" in write.reason
+    assert write.start == day_bounds(date(2024, 3, 10), settings.zone)[0]
+    assert probe_online(settings, newest).matched
+
+
+def test_full_write_without_watermark_reads_window(written_to_march_9: Settings) -> None:
+    settings = written_to_march_9
+    store = open_store(settings)
+    clear_watermark(store.config)
+    day = date(2024, 3, 10)
+
+    first = full_write_first_day(settings, store, day, day)
+
+    assert first == day - timedelta(days=settings.features.max_window_days - 1)
 
 
 def test_changed_feature_config_forces_full(written_to_march_9: Settings) -> None:
