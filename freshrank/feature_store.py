@@ -374,15 +374,25 @@ def historical_features(settings: Settings, entity_rows: pd.DataFrame, store: Fe
     """Join features point-in-time onto ``entity_rows`` (user_id, item_id, event_timestamp).
 
     Each row gets, per view, the newest feature row at or before its ``event_timestamp``
-    within the view's ttl, so labels of day ``d`` stamped at the start of ``d`` see the
+    within the view's ttl (read from the partitions it can see, see
+    ``freshrank.retrieval_window``), so labels of day ``d`` stamped at the start of ``d`` see the
     features of ``d - 1`` and older, never of ``d`` itself. The ``*_days_since_*`` features
     count to the feature timestamp of the newest day the row sees (``d - 1`` for such labels).
     """
     store = store or open_store(settings)
     if entity_rows.empty:
         return entity_rows.assign(**{name: pd.Series(dtype="float64") for name in model_feature_names(settings)})
-    job = store.get_historical_features(entity_df=entity_rows, features=feature_refs(settings))
-    joined = job.to_df()
+    from feast.infra.offline_stores.duckdb import DuckDBOfflineStore
+
+    from freshrank.retrieval_window import windowed_feature_views
+
+    # Feast's own point-in-time join, over the partitions the rows can see rather than the
+    # whole history (freshrank.retrieval_window explains why the result is the same).
+    with windowed_feature_views(settings, entity_rows["event_timestamp"]) as views:
+        job = DuckDBOfflineStore.get_historical_features(
+            store.config, views, feature_refs(settings), entity_rows, store.registry, store.project
+        )
+        joined = job.to_df()
     missing = [name for name in feature_refs(settings) if name.split(":", 1)[1] not in joined.columns]
     if missing:
         raise FeatureStoreError(f"historical features lack columns {missing}; run `freshrank features apply`")
