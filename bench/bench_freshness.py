@@ -107,9 +107,11 @@ def main() -> None:
                 state = wait_for(served, 300, f"day {day} to be served")
                 elapsed = time.perf_counter() - landed_at
                 run = dagster_instance(settings).get_run_records(limit=1)[0]
+                # Steps after the deployment (daily_report) may still run when the day is served.
                 steps = {
-                    stats.step_key: (stats.end_time or 0) - (stats.start_time or 0)
+                    stats.step_key: stats.end_time - stats.start_time
                     for stats in dagster_instance(settings).get_run_step_stats(run.dagster_run.run_id)
+                    if stats.end_time is not None and stats.start_time is not None
                 }
                 events = (read_record(settings, "events", day) or {}).get("rows_published")
                 measurements.append({"day": day.isoformat(), "events": events, "seconds": elapsed, "model_version": state["model_version"], "steps": steps})
