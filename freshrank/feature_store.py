@@ -1,8 +1,8 @@
 """freshrank's use of Feast: apply the repo, materialize one day, read back, build training rows.
 
-The feature views store recency as the time of the last event; the model's
-``*_days_since_*`` features are derived when features are read (``with_days_since``):
-as of the feature day a training row sees, or as of the day the online store reflects.
+The feature views store recency as the time of the last event. The model's
+``*_days_since_*`` features are derived when features are read (``with_days_since``),
+as of the feature day a training row can see, or as of the day the online store reflects.
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ def materialize_day(settings: Settings, day: date, store: FeatureStore | None = 
 def write_online(settings: Settings, day: date, store: FeatureStore | None = None) -> OnlineWrite:
     """Bring the online store up to date from ``day`` on.
 
-    For the newest feature day, when the online store's watermark shows that it holds the
+    For the newest feature day, when the online store's watermark shows that it contains the
     partitions of the day before, unchanged since, only the rows that changed are written
     (``plan_online_write``). Otherwise the newest row per entity of the partitions ``day`` ..
     newest feature day is written. ``materialize(start, end)`` rather than
@@ -207,7 +207,7 @@ def full_write_first_day(settings: Settings, store: FeatureStore, day: date, new
 def plan_online_write(settings: Settings, store: FeatureStore, day: date, newest: date) -> tuple[str, str]:
     """Return ``("diff", reason)`` when writing only the rows changed since ``day - 1`` is exact, else ``("full", reason)``.
 
-    A diff is exact when ``day`` is the newest feature day and the online store holds exactly
+    A diff is exact when ``day`` is the newest feature day and the online store contains exactly
     the partitions of ``day - 1`` with the current feature columns: the watermark names that
     day and the size, mtime and inode of each of its partition files, which a recomputed
     (corrected or late) partition changes.
@@ -232,7 +232,7 @@ def plan_online_write(settings: Settings, store: FeatureStore, day: date, newest
         path = partition_path(settings.offline_dir, view, previous)
         if not path.exists() or partition_signature(path) != watermark.partitions.get(view):
             return "full", f"the {view} partition of {previous} was rewritten after the online store took it"
-    return "diff", f"the online store holds the partitions of {previous} unchanged"
+    return "diff", f"the online store contains the partitions of {previous} unchanged"
 
 
 def diff_materialize(settings: Settings, store: FeatureStore, day: date) -> dict[str, int]:
@@ -377,7 +377,7 @@ def historical_features(settings: Settings, entity_rows: pd.DataFrame, store: Fe
     within the view's ttl (read from the partitions it can see, see
     ``freshrank.retrieval_window``), so labels of day ``d`` stamped at the start of ``d`` see the
     features of ``d - 1`` and older, never of ``d`` itself. The ``*_days_since_*`` features
-    count to the feature timestamp of the newest day the row sees (``d - 1`` for such labels).
+    count to the feature timestamp of the newest day the row can see (``d - 1`` for such labels).
     """
     store = store or open_store(settings)
     if entity_rows.empty:
@@ -400,7 +400,7 @@ def historical_features(settings: Settings, entity_rows: pd.DataFrame, store: Fe
 
 
 def seen_feature_timestamps_us(instants: pd.Series, settings: Settings) -> np.ndarray:
-    """Return, per instant, the feature timestamp (Unix epoch microseconds) of the newest day a join there sees."""
+    """Return, per instant, the feature timestamp (Unix epoch microseconds) of the newest day visible to a join there."""
     stamps = pd.to_datetime(instants, utc=True)
     as_of = {
         instant: epoch_us(feature_timestamp(feature_day_seen_at(instant, settings.zone), settings.zone))

@@ -2,7 +2,7 @@
 
 The features of day ``d`` describe behaviour up to the end of ``d`` and carry that instant
 (one second before the next day starts in the business timezone) as their event
-timestamp, so a training row for day ``d + 1`` joined point-in-time sees them and
+timestamp, so a training row for day ``d + 1`` joined point-in-time reads them and
 nothing of ``d + 1`` itself. Each day is written as one Parquet file per feature view
 under ``<offline>/<view>/<YYYY-MM-DD>.parquet``, the folder a Feast FileSource reads.
 """
@@ -310,10 +310,10 @@ def epoch_us(instant: datetime | pd.Timestamp) -> float:
 
 
 def feature_day_seen_at(instant: datetime | pd.Timestamp, zone: ZoneInfo) -> date:
-    """Return the newest day whose features a point-in-time join at ``instant`` sees.
+    """Return the newest day whose features a point-in-time join at ``instant`` can read.
 
     Day ``d``'s features are stamped one second before ``d + 1`` starts, so they are visible
-    from that second on: a label row stamped at the start of ``d`` sees day ``d - 1``.
+    from that second on: a label row stamped at the start of ``d`` reads day ``d - 1``.
     """
     later = pd.Timestamp(instant) + pd.Timedelta(seconds=1)
     return later.tz_convert(zone).date() - timedelta(days=1)
@@ -324,9 +324,9 @@ def with_days_since(frame: pd.DataFrame, as_of_us: float | np.ndarray | pd.Serie
 
     Args:
         frame: Feature rows with any of the ``RECENCY_FEATURES`` columns; other columns pass.
-        as_of_us: The feature timestamp the days count to, in Unix epoch microseconds: one
-            value, or one per row (a training row of event day ``d`` counts to the feature
-            timestamp of ``d - 1``; serving counts to the newest day in the online store).
+        as_of_us: The feature timestamp the days count to, in Unix epoch microseconds, as
+            one value or one per row. A training row of event day ``d`` counts to the feature
+            timestamp of ``d - 1``, and serving counts to the newest day in the online store.
 
     Returns:
         A new frame with ``*_days_since_*`` columns where the ``*_epoch_us`` columns were.

@@ -4,12 +4,12 @@ After each successful online write, ``write_watermark`` stores which day the onl
 now reflects, with the size, mtime and inode of each of that day's Parquet partitions and a
 fingerprint of the feature configuration. The next day's write compares partition ``d``
 with partition ``d - 1`` and writes only the changed rows, which is correct only if the
-online store holds exactly partition ``d - 1`` and that file has not been rewritten since.
+online store contains exactly partition ``d - 1`` and that file has not been rewritten since.
 
 The Redis watermark is a key of the Redis database, so a flushed Redis loses it together
 with the rows. The SQLite watermark is a JSON file next to the database file; it names the
 database file's device and inode, so a deleted or replaced database invalidates it. It is
-kept out of the database so that the database holds only Feast's rows.
+kept out of the database so that the database contains only Feast's rows.
 
 A write leaves the previous watermark in place until it succeeds. That is safe because
 every row a write puts in before it fails is either the row the watermark already claims
@@ -45,7 +45,7 @@ class OnlineWatermark:
     """The feature day an online store reflects.
 
     Attributes:
-        day: The feature day (ISO date) whose partitions the online store holds.
+        day: The feature day (ISO date) whose partitions the online store contains.
         partitions: Per feature view, the signature (path, size, mtime_ns, inode) of the
             partition file that was written.
         feature_config: Fingerprint of the feature columns and settings the rows follow.

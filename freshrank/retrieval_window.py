@@ -2,7 +2,7 @@
 
 Each day's partition of a view contains a row for every entity active in the view's
 windows on that day, and an all-null expiry row for each entity that left them since
-the previous partition. So a join at an instant that sees day ``s`` (the newest day
+the previous partition. So a join at an instant that can read day ``s`` (the newest day
 whose features are visible then) finds in partition ``s`` alone what it would find
 in the whole history. An entity missing from ``s`` either never had a row within the
 ttl, or its newest earlier row is an expiry row; both give null features. When the

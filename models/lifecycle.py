@@ -383,7 +383,7 @@ def _metric_check(
     if comparison and comparison.get("standard_error") is not None:
         return _paired_metric_check(settings, metric, new_value, old_value, comparison)
     if comparison:
-        # One query group is one user's ranking: its difference says nothing about the models.
+        # One query group is one user's ranking, so its difference cannot separate the models from noise.
         return GateCheck(
             "metric", None, observed=new_value, threshold=old_value - tolerance,
             reason=f"not checked: the holdout has {comparison['groups']} query group with a positive, too few to compare {metric}",
@@ -404,7 +404,7 @@ def _paired_metric_check(
 ) -> GateCheck:
     """Reject only when even the upper confidence bound of the paired difference is below ``-tolerance``.
 
-    One day's holdout holds a few dozen to a few hundred query groups, so the difference of
+    One day's holdout contains a few dozen to a few hundred query groups, so the difference of
     two models' means moves by a few hundredths from noise alone. Comparing plain means with a
     tolerance of 0.01 would reject about every other challenger that ranks differently.
     """

@@ -278,9 +278,10 @@ class ModelRegistry:
     def champion_for(self, day: str) -> str | None:
         """Return the champion that day ``day``'s pipeline starts from.
 
-        That is the champion as of the start of the day: the current champion, unless it was
-        trained for ``day`` or a later day (the day is being rerun after its own deployment,
-        for example after a crash), in which case the newest earlier champion. A rerun of a
+        That is the champion as of the start of the day, normally the current champion. When
+        the current champion was trained for ``day`` or a later day, the day is being rerun
+        after its own deployment (for example after a crash), so the newest earlier champion
+        is returned. A rerun of a
         day therefore trains and evaluates against the same champion as the first run.
 
         Args:

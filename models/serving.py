@@ -204,9 +204,9 @@ class OnlineFeatureReader:
     def refresh_as_of(self) -> float | None:
         """Re-read the feature timestamp of the newest day the online store reflects, in Unix seconds.
 
-        While the store has no valid watermark (written before watermarks existed, or
-        replaced) the last known value stays; without any, each row counts from its own
-        event timestamp.
+        While the store has no valid watermark (it was written before watermarks existed, or
+        replaced), the last known value stays. Without any known value, each row counts from
+        its own event timestamp.
         """
         as_of_us = online_as_of_us(self.store.config, self.zone)
         if as_of_us is not None:

@@ -439,7 +439,7 @@ def test_deploying_the_champion_again_changes_nothing(registry: ModelRegistry, f
     assert json.loads((registry.root / "champion.json").read_text())["previous"] == first
 
 
-def test_champion_for_a_rerun_day_is_the_earlier_champion(registry: ModelRegistry, full_model) -> None:
+def test_champion_for_rerun_day(registry: ModelRegistry, full_model) -> None:
     first, second, third = _three_versions(registry, full_model)
     days = {version: registry.metadata(version)["day"] for version in (first, second, third)}
     registry.deploy(first, reason="first")
