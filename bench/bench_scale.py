@@ -30,7 +30,7 @@ from common import print_table, write_json  # noqa: E402
 STAGES: dict[str, tuple[str, ...]] = {
     "ingest": ("increment", "events"),
     "validate": ("increment_check_increment_valid", "check_increment_valid"),
-    "features": ("user_features", "item_features", "user_item_features"),
+    "features": ("user_features", "item_features", "user_item_features", "user_category_features"),
     "materialize": ("online_features",),
     "training rows": ("training_rows",),
     "train": ("challenger_model", "shadow_full_retrain"),

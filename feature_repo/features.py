@@ -16,25 +16,22 @@ from feast.data_format import ParquetFormat
 from feast.types import Float64, String
 
 from freshrank.config import FeatureConfig, load_settings
-from freshrank.features import ENTITY_KEYS, FEATURE_VIEWS, feature_columns
+from freshrank.features import ENTITY_KEYS, FEATURE_VIEWS, feature_columns, view_window_days
 
 RANKING_SERVICE = "ranking_v1"
 """Feature service of the ranking model; a new feature set gets a new version, not an edit."""
 
 user = Entity(name="user", join_keys=["user_id"], description="A shopper (customer or session).")
 item = Entity(name="item", join_keys=["item_id"], description="A product of the catalogue.")
+category = Entity(name="category", join_keys=["category"], description="A product category of the catalogue.")
 
-_ENTITIES = {"user_id": user, "item_id": item}
+_ENTITIES = {"user_id": user, "item_id": item, "category": category}
 _DESCRIPTIONS = {
     "user_features": "Activity of a user over trailing windows: counts per event type, revenue, recency.",
     "item_features": "Popularity of an item over trailing windows: counts, distinct users, price, trend.",
-    "user_item_features": "History of a user with an item and with its category: repeat views and purchases.",
+    "user_item_features": "History of a user with an item: repeat views, carts and purchases, recency.",
+    "user_category_features": "History of a user with a category: views, purchases, share of purchases, recency.",
 }
-
-
-def _ttl(view: str, config: FeatureConfig) -> timedelta:
-    days = config.user_item_window_days if view == "user_item_features" else max(config.windows_days)
-    return timedelta(days=days)
 
 
 def build_definitions(offline_dir: Path, config: FeatureConfig) -> list:
@@ -54,7 +51,7 @@ def build_definitions(offline_dir: Path, config: FeatureConfig) -> list:
             FeatureView(
                 name=view,
                 entities=[_ENTITIES[key] for key in ENTITY_KEYS[view]],
-                ttl=_ttl(view, config),
+                ttl=timedelta(days=view_window_days(view, config)),
                 schema=schema,
                 source=source,
                 online=True,
@@ -66,11 +63,11 @@ def build_definitions(offline_dir: Path, config: FeatureConfig) -> list:
         features=views,
         description="All features of the XGBoost ranking model, version 1.",
     )
-    return [user, item, *views, service]
+    return [user, item, category, *views, service]
 
 
 # Module-level objects for `feast apply` run in this folder.
 if os.environ.get("FRESHRANK_HOME"):
     _settings = load_settings()
     _objects = build_definitions(_settings.offline_dir, _settings.features)
-    user_features, item_features, user_item_features, ranking_v1 = _objects[2:]
+    user_features, item_features, user_item_features, user_category_features, ranking_v1 = _objects[3:]

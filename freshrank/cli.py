@@ -150,6 +150,15 @@ def features_item(item_id: str, home: Optional[Path] = HomeOption) -> None:
     console.print_json(data=online_features_for(_settings(home), "item_features", {"item_id": item_id}))
 
 
+@features_app.command("category")
+def features_category(user_id: str, category: str, home: Optional[Path] = HomeOption) -> None:
+    """Print a user's online feature values in one category."""
+    from freshrank.feature_store import online_features_for
+
+    keys = {"user_id": user_id, "category": category}
+    console.print_json(data=online_features_for(_settings(home), "user_category_features", keys))
+
+
 @app.command("run")
 def run_command(
     day: Optional[str] = typer.Option(None, help="Run the whole loop for this day, YYYY-MM-DD, changed or not."),

@@ -239,7 +239,7 @@ def diff_materialize(settings: Settings, store: FeatureStore, day: date) -> dict
     """Write the rows of ``day``'s partitions that differ from ``day - 1``'s; return the rows per view.
 
     Rows left alone keep the event timestamp of the day they last changed, and a row with
-    values is still younger than the view's ttl (the window, ``feature_repo.features._ttl``).
+    values is still younger than the view's ttl (its window, ``features.view_window_days``).
     The row stays unchanged only while the entity has no new event, because a new event
     moves its last-event time. Meanwhile the events of its earliest day in the window drop
     out at most ``window`` days after the row was written, which changes its window counts
@@ -373,6 +373,9 @@ def _json_float(value: float) -> float | None:
 def historical_features(settings: Settings, entity_rows: pd.DataFrame, store: FeatureStore | None = None) -> pd.DataFrame:
     """Join features point-in-time onto ``entity_rows`` (user_id, item_id, event_timestamp).
 
+    Rows without a ``category`` column get their item's category as of their instant
+    (``item_categories_seen``) for the user x category view; the column is not returned.
+
     Each row gets, per view, the newest feature row at or before its ``event_timestamp``
     within the view's ttl (read from the partitions it can see, see
     ``freshrank.retrieval_window``), so labels of day ``d`` stamped at the start of ``d`` see the
@@ -384,8 +387,13 @@ def historical_features(settings: Settings, entity_rows: pd.DataFrame, store: Fe
         return entity_rows.assign(**{name: pd.Series(dtype="float64") for name in model_feature_names(settings)})
     from feast.infra.offline_stores.duckdb import DuckDBOfflineStore
 
-    from freshrank.retrieval_window import windowed_feature_views
+    from freshrank.retrieval_window import item_categories_seen, windowed_feature_views
 
+    given = list(entity_rows.columns)
+    if "category" not in given:
+        # The user x category view is keyed by the item's category as of the row's instant.
+        categories = item_categories_seen(settings, entity_rows["event_timestamp"], entity_rows["item_id"])
+        entity_rows = entity_rows.assign(category=categories)
     # Feast's own point-in-time join, over the partitions the rows can see rather than the
     # whole history (freshrank.retrieval_window explains why the result is the same).
     with windowed_feature_views(settings, entity_rows["event_timestamp"]) as views:
@@ -396,6 +404,8 @@ def historical_features(settings: Settings, entity_rows: pd.DataFrame, store: Fe
     missing = [name for name in feature_refs(settings) if name.split(":", 1)[1] not in joined.columns]
     if missing:
         raise FeatureStoreError(f"historical features lack columns {missing}; run `freshrank features apply`")
+    if "category" not in given:
+        joined = joined.drop(columns=["category"])
     return with_days_since(joined, seen_feature_timestamps_us(joined["event_timestamp"], settings))
 
 

@@ -1,4 +1,4 @@
-"""User, item and user x item features of one day, computed in DuckDB over trailing windows.
+"""User, item, user x item and user x category features of one day, computed in DuckDB over trailing windows.
 
 The features of day ``d`` describe behaviour up to the end of ``d`` and carry that instant
 (one second before the next day starts in the business timezone) as their event
@@ -26,13 +26,17 @@ from freshrank.warehouse import connect
 
 logger = logging.getLogger(__name__)
 
-FEATURE_VIEWS: tuple[str, ...] = ("user_features", "item_features", "user_item_features")
+FEATURE_VIEWS: tuple[str, ...] = ("user_features", "item_features", "user_item_features", "user_category_features")
 ENTITY_KEYS: dict[str, tuple[str, ...]] = {
     "user_features": ("user_id",),
     "item_features": ("item_id",),
     "user_item_features": ("user_id", "item_id"),
+    "user_category_features": ("user_id", "category"),
 }
 TIMESTAMP_COLUMNS = ("event_timestamp", "created_timestamp")
+ATTRIBUTE_COLUMNS: dict[str, tuple[str, ...]] = {"item_features": ("category",)}
+"""Per view, stored columns that are not features: ``category`` of an item is the key its
+user x category features are looked up by, in training rows and at serving time."""
 RECENCY_FEATURES: dict[str, dict[str, str]] = {
     "user_features": {
         "u_last_event_epoch_us": "u_days_since_last_event",
@@ -46,6 +50,7 @@ RECENCY_FEATURES: dict[str, dict[str, str]] = {
         "ui_last_event_epoch_us": "ui_days_since_last_event",
         "ui_last_purchase_epoch_us": "ui_days_since_last_purchase",
     },
+    "user_category_features": {"uc_last_event_epoch_us": "uc_days_since_last_event"},
 }
 """Per view, each stored last-event time column and the model feature derived from it.
 
@@ -59,6 +64,7 @@ RECENCY_COLUMNS: dict[str, str] = {
     "user_features": "u_last_event_epoch_us",
     "item_features": "i_last_event_epoch_us",
     "user_item_features": "ui_last_event_epoch_us",
+    "user_category_features": "uc_last_event_epoch_us",
 }
 """Per view, a column that is never null for an entity with events in the window."""
 
@@ -75,6 +81,13 @@ class FeaturePartition:
     day: str
     path: Path
     rows: int
+
+
+def view_window_days(view: str, config: FeatureConfig) -> int:
+    """Return the longest window of a view, in days: its Feast ttl, and how far back its partitions reach."""
+    if view in ("user_item_features", "user_category_features"):
+        return config.user_item_window_days
+    return max(config.windows_days)
 
 
 def feature_timestamp(day: date, zone: ZoneInfo) -> datetime:
@@ -147,6 +160,7 @@ def item_features_sql(day: date, config: FeatureConfig) -> str:
         (count(*) FILTER (event_type = 'purchase'))
             / nullif(count(*) FILTER (event_type = 'view'), 0)::DOUBLE AS i_view_conversion_{long}d,
         median(price)::DOUBLE AS i_price,
+        arg_max(category, event_time) FILTER (category IS NOT NULL) AS category,
         epoch_us(max(event_time) FILTER (event_type = 'purchase'))::DOUBLE AS i_last_purchase_epoch_us,
         (count(*) FILTER (event_type = 'purchase' AND event_day >= DATE '{week_first}')) * ({long} / 7.0)
             / nullif(count(*) FILTER (event_type = 'purchase'), 0)::DOUBLE AS i_purchase_trend
@@ -157,52 +171,54 @@ def item_features_sql(day: date, config: FeatureConfig) -> str:
 
 
 def user_item_features_sql(day: date, config: FeatureConfig) -> str:
-    """Return the SQL of the user x item and user x category history of ``day``."""
+    """Return the SQL of the user x item history of ``day``."""
+    window = config.user_item_window_days
+    first = day - timedelta(days=window - 1)
+    return f"""
+    SELECT
+        user_id, item_id,
+        $as_of::TIMESTAMPTZ AS event_timestamp,
+        count(*) FILTER (event_type = 'view')::DOUBLE AS ui_views_{window}d,
+        count(*) FILTER (event_type = 'add_to_cart')::DOUBLE AS ui_carts_{window}d,
+        count(*) FILTER (event_type = 'purchase')::DOUBLE AS ui_purchases_{window}d,
+        count(DISTINCT event_day) FILTER (event_type = 'purchase')::DOUBLE AS ui_purchase_days_{window}d,
+        epoch_us(max(event_time))::DOUBLE AS ui_last_event_epoch_us,
+        epoch_us(max(event_time) FILTER (event_type = 'purchase'))::DOUBLE AS ui_last_purchase_epoch_us
+    FROM events
+    WHERE event_day BETWEEN DATE '{first}' AND DATE '{day}' AND user_id IS NOT NULL
+    GROUP BY user_id, item_id
+    """
+
+
+def user_category_features_sql(day: date, config: FeatureConfig) -> str:
+    """Return the SQL of the user x category history of ``day``: each event counts for its own category.
+
+    A view of its own, keyed by user and category, rather than columns of every user x item
+    row: a user's new event in a category then changes one row, not one per item of the
+    category the user touched in the window, which keeps the day's online write small.
+    """
     window = config.user_item_window_days
     first = day - timedelta(days=window - 1)
     return f"""
     WITH window_events AS (
-        SELECT * FROM events
+        SELECT user_id, category, event_type, event_time FROM events
         WHERE event_day BETWEEN DATE '{first}' AND DATE '{day}' AND user_id IS NOT NULL
-    ),
-    item_category AS (
-        SELECT item_id, arg_max(category, event_time) AS category
-        FROM window_events WHERE category IS NOT NULL GROUP BY item_id
-    ),
-    user_category AS (
-        SELECT w.user_id, c.category,
-               count(*) FILTER (w.event_type = 'view') AS views,
-               count(*) FILTER (w.event_type = 'purchase') AS purchases
-        FROM window_events w JOIN item_category c USING (item_id)
-        GROUP BY w.user_id, c.category
     ),
     user_totals AS (
         SELECT user_id, count(*) FILTER (event_type = 'purchase') AS purchases
         FROM window_events GROUP BY user_id
-    ),
-    pairs AS (
-        SELECT
-            user_id, item_id,
-            count(*) FILTER (event_type = 'view')::DOUBLE AS ui_views_{window}d,
-            count(*) FILTER (event_type = 'add_to_cart')::DOUBLE AS ui_carts_{window}d,
-            count(*) FILTER (event_type = 'purchase')::DOUBLE AS ui_purchases_{window}d,
-            count(DISTINCT event_day) FILTER (event_type = 'purchase')::DOUBLE AS ui_purchase_days_{window}d,
-            epoch_us(max(event_time))::DOUBLE AS ui_last_event_epoch_us,
-            epoch_us(max(event_time) FILTER (event_type = 'purchase'))::DOUBLE AS ui_last_purchase_epoch_us
-        FROM window_events
-        GROUP BY user_id, item_id
     )
     SELECT
-        p.user_id, p.item_id,
+        w.user_id, w.category,
         $as_of::TIMESTAMPTZ AS event_timestamp,
-        p.* EXCLUDE (user_id, item_id),
-        coalesce(uc.views, 0)::DOUBLE AS uc_views_{window}d,
-        coalesce(uc.purchases, 0)::DOUBLE AS uc_purchases_{window}d,
-        (uc.purchases / nullif(t.purchases, 0))::DOUBLE AS uc_purchase_share_{window}d
-    FROM pairs p
-    LEFT JOIN item_category ic USING (item_id)
-    LEFT JOIN user_category uc ON uc.user_id = p.user_id AND uc.category = ic.category
-    LEFT JOIN user_totals t ON t.user_id = p.user_id
+        count(*) FILTER (w.event_type = 'view')::DOUBLE AS uc_views_{window}d,
+        count(*) FILTER (w.event_type = 'purchase')::DOUBLE AS uc_purchases_{window}d,
+        (count(*) FILTER (w.event_type = 'purchase') / nullif(any_value(t.purchases), 0))::DOUBLE
+            AS uc_purchase_share_{window}d,
+        epoch_us(max(w.event_time))::DOUBLE AS uc_last_event_epoch_us
+    FROM window_events w JOIN user_totals t USING (user_id)
+    WHERE w.category IS NOT NULL
+    GROUP BY w.user_id, w.category
     """
 
 
@@ -210,6 +226,7 @@ _VIEW_SQL = {
     "user_features": user_features_sql,
     "item_features": item_features_sql,
     "user_item_features": user_item_features_sql,
+    "user_category_features": user_category_features_sql,
 }
 
 
@@ -280,7 +297,7 @@ def feature_columns(view: str, config: FeatureConfig) -> list[str]:
         described = con.execute(f"DESCRIBE ({query})", {"as_of": datetime(2000, 1, 2)}).fetchall()
     finally:
         con.close()
-    skip = set(ENTITY_KEYS[view]) | set(TIMESTAMP_COLUMNS)
+    skip = set(ENTITY_KEYS[view]) | set(TIMESTAMP_COLUMNS) | set(ATTRIBUTE_COLUMNS.get(view, ()))
     return [row[0] for row in described if row[0] not in skip]
 
 

@@ -112,8 +112,14 @@ def watermark_for(settings: Settings, day: date, mode: str) -> OnlineWatermark:
     )
 
 
-def read_watermark(config: RepoConfig) -> OnlineWatermark | None:
+def read_watermark(config: RepoConfig, same_store_file: bool = True) -> OnlineWatermark | None:
     """Return the online store's watermark, or None when there is none or its SQLite file was replaced.
+
+    Args:
+        config: Feast configuration of the home.
+        same_store_file: Return None when the SQLite file is not the one the watermark was
+            written for (it was replaced or copied). A diff write needs that; the day the
+            rows reflect does not, since a copy holds the same rows.
 
     Raises:
         FeatureStoreError: The stored record cannot be parsed; clear it with
@@ -129,7 +135,7 @@ def read_watermark(config: RepoConfig) -> OnlineWatermark | None:
             f"the online watermark in {_describe(config)} is invalid ({exc}); "
             "delete it with freshrank.online_watermark.clear_watermark so that the next online write is a full one"
         ) from exc
-    if not _is_redis(config) and watermark.store_file != _sqlite_identity(config):
+    if same_store_file and not _is_redis(config) and watermark.store_file != _sqlite_identity(config):
         logger.debug("ignoring the online watermark of %s: the database file was replaced since it was written", watermark.day)
         return None
     return watermark
@@ -158,9 +164,10 @@ def clear_watermark(config: RepoConfig) -> None:
 def online_as_of_us(config: RepoConfig, zone: ZoneInfo) -> float | None:
     """Return the feature timestamp of the day the online store reflects, in Unix epoch microseconds.
 
-    None when the store has no valid watermark (not yet written with watermarks, or replaced).
+    A copied SQLite file still reflects the watermark's day, so its identity is not checked here.
+    None when the store has no watermark (not yet written with watermarks).
     """
-    watermark = read_watermark(config)
+    watermark = read_watermark(config, same_store_file=False)
     if watermark is None:
         return None
     return epoch_us(feature_timestamp(date.fromisoformat(watermark.day), zone))

@@ -27,7 +27,7 @@ from feast import FeatureView
 
 from freshrank.config import Settings
 from freshrank.errors import FeatureStoreError
-from freshrank.features import FEATURE_VIEWS, feature_day_seen_at, partition_path
+from freshrank.features import FEATURE_VIEWS, feature_day_seen_at, partition_path, view_window_days
 
 
 def needed_partitions(settings: Settings, instants: pd.Series) -> dict[str, list[Path]]:
@@ -43,12 +43,10 @@ def needed_partitions(settings: Settings, instants: pd.Series) -> dict[str, list
     Raises:
         FeatureStoreError: A view has no partition at all.
     """
-    from feature_repo.features import _ttl
-
     seen = {feature_day_seen_at(instant, settings.zone) for instant in pd.to_datetime(instants, utc=True).unique()}
     needed = {}
     for view in FEATURE_VIEWS:
-        ttl_days = _ttl(view, settings.features).days
+        ttl_days = view_window_days(view, settings.features)
         paths: set[Path] = set()
         for day in seen:
             paths.update(_partitions_for(settings, view, day, ttl_days))
@@ -74,6 +72,30 @@ def _any_partition(settings: Settings, view: str) -> Path:
             f"no {view} partition under {settings.offline_dir / view}; compute the features first (`freshrank features compute`)"
         )
     return found[-1]
+
+
+def item_categories_seen(settings: Settings, instants: pd.Series, item_ids: pd.Series) -> pd.Series:
+    """Return, per row, the category of its item as the point-in-time join at its instant sees it.
+
+    The category is the ``category`` column of the newest item-feature row visible at the
+    instant (see ``needed_partitions``), so a training row reads the category its user x
+    category features are keyed by exactly as serving does: from the item features of the
+    day before. An item without a visible row, or whose row is an expiry row, gets None.
+    """
+    stamps = pd.to_datetime(instants, utc=True)
+    seen = pd.Series([feature_day_seen_at(instant, settings.zone) for instant in stamps], index=stamps.index)
+    ttl_days = view_window_days("item_features", settings.features)
+    categories = pd.Series([None] * len(item_ids), index=item_ids.index, dtype="object")
+    for day in seen.unique():
+        paths = _partitions_for(settings, "item_features", day, ttl_days)
+        if not paths:
+            continue
+        frames = [pd.read_parquet(path, columns=["item_id", "category", "event_timestamp"]) for path in paths]
+        newest = pd.concat(frames, ignore_index=True).sort_values("event_timestamp", kind="stable")
+        mapping = newest.drop_duplicates("item_id", keep="last").set_index("item_id")["category"]
+        rows = seen == day
+        categories[rows] = item_ids[rows].map(mapping).to_numpy()
+    return categories.where(categories.notna(), None)
 
 
 @contextlib.contextmanager

@@ -41,7 +41,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 from freshrank.config import ServingConfig, Settings, load_settings
 from freshrank.errors import RankingInputError, ServingUnavailableError
 from models.ab import RequestLog, request_log_path
-from models.serving import ITEM_VIEW, PAIR_VIEW, USER_VIEW, RankResult, ServingEngine, ServingState
+from models.serving import CATEGORY_VIEW, ITEM_VIEW, PAIR_VIEW, USER_VIEW, RankResult, ServingEngine, ServingState
 
 logger = logging.getLogger(__name__)
 
@@ -296,6 +296,11 @@ def _feature_report(result: RankResult) -> dict:
             "snapshot_age_s": result.snapshot_age_s,
         },
         PAIR_VIEW: {"age_s": result.feature_age_s[PAIR_VIEW], "source": "online", "rows_found": result.pair_rows_found},
+        CATEGORY_VIEW: {
+            "age_s": result.feature_age_s[CATEGORY_VIEW],
+            "source": "online",
+            "rows_found": result.category_rows_found,
+        },
     }
 
 

@@ -1,7 +1,8 @@
 """Online ranking: Feast online features for a user and candidate items, scored by a registry model.
 
-One ranking request reads the user's features with one Feast online store call and the user x
-candidate features with one batched call. Item features change only when a day is
+One ranking request reads the user's features with one Feast online store call, the user x
+candidate features with one batched call, and the user x category features of the candidates'
+categories with another (``models.item_categories`` maps items to categories). Item features change only when a day is
 materialized, so the service keeps them in memory (``ItemSnapshot``) and re-reads them after
 each materialization. With ``serving.item_features: online`` they are read per request with
 one more batched call instead.
@@ -55,16 +56,25 @@ from freshrank.errors import (
     ServingUnavailableError,
 )
 from freshrank.feature_store import repo_config
-from freshrank.features import ENTITY_KEYS, FEATURE_VIEWS, RECENCY_FEATURES, days_since, feature_columns
+from freshrank.features import (
+    ENTITY_KEYS,
+    FEATURE_VIEWS,
+    RECENCY_FEATURES,
+    days_since,
+    feature_columns,
+    feature_day_seen_at,
+)
 from freshrank.online_watermark import online_as_of_us
 from freshrank.warehouse import connect
 from models.ab import assign_variant
+from models.item_categories import EMPTY as NO_CATEGORIES
+from models.item_categories import load_item_categories
 from models.registry import CHAMPION_FILE, ModelRegistry
 
 logger = logging.getLogger(__name__)
 
-USER_VIEW, ITEM_VIEW, PAIR_VIEW = FEATURE_VIEWS
-"""The three feature views: user, item and user x item features."""
+USER_VIEW, ITEM_VIEW, PAIR_VIEW, CATEGORY_VIEW = FEATURE_VIEWS
+"""The four feature views: user, item, user x item and user x category features."""
 
 CONTROL, TREATMENT = "control", "treatment"
 """A/B variants: the champion, and the second version named in ``serving.ab``."""
@@ -189,6 +199,8 @@ class OnlineFeatureReader:
             )
         self.layout = layout
         self.zone = settings.zone
+        self.offline_dir = settings.offline_dir
+        self.categories = NO_CATEGORIES
         self.store = FeatureStore(config=repo_config(settings), repo_path=str(settings.feast_dir))
         self.provider = get_provider(self.store.config)
         self._views = self._feature_views()
@@ -206,11 +218,14 @@ class OnlineFeatureReader:
 
         While the store has no valid watermark (it was written before watermarks existed, or
         replaced), the last known value stays. Without any known value, each row counts from
-        its own event timestamp.
+        its own event timestamp. The item categories follow the same day: they are re-read
+        when that day's item partition is another file than the one read before.
         """
         as_of_us = online_as_of_us(self.store.config, self.zone)
         if as_of_us is not None:
             self.as_of_s = as_of_us / 1e6
+        day = None if self.as_of_s is None else feature_day_seen_at(pd.Timestamp(self.as_of_s, unit="s", tz="UTC"), self.zone)
+        self.categories = load_item_categories(self.offline_dir, day, self.categories)
         return self.as_of_s
 
     def _feature_views(self) -> dict[str, FeatureView]:
@@ -382,7 +397,12 @@ def load_model(registry: ModelRegistry, version: str, layout: FeatureLayout) -> 
 
 
 def score_matrix(
-    layout: FeatureLayout, user: FeatureBlock, items: FeatureBlock, pairs: FeatureBlock, dtype: type = np.float32
+    layout: FeatureLayout,
+    user: FeatureBlock,
+    items: FeatureBlock,
+    pairs: FeatureBlock,
+    categories: FeatureBlock,
+    dtype: type = np.float32,
 ) -> np.ndarray:
     """Assemble the ``(candidates, features)`` input matrix in model column order.
 
@@ -394,7 +414,30 @@ def score_matrix(
     matrix[:, layout.positions[USER_VIEW]] = layout.model_values(USER_VIEW, user)[0]
     matrix[:, layout.positions[ITEM_VIEW]] = layout.model_values(ITEM_VIEW, items)
     matrix[:, layout.positions[PAIR_VIEW]] = layout.model_values(PAIR_VIEW, pairs)
+    matrix[:, layout.positions[CATEGORY_VIEW]] = layout.model_values(CATEGORY_VIEW, categories)
     return matrix
+
+
+def read_user_categories(reader: OnlineFeatureReader, user_id: str, item_ids: Sequence[str]) -> FeatureBlock:
+    """Read the user x category features of each candidate's category, one online call for the distinct categories.
+
+    Candidates without a known category get NaN rows, as training rows do.
+    """
+    categories = reader.categories.of(item_ids)
+    distinct = sorted({category for category in categories if category is not None})
+    width = len(reader.layout.view_columns[CATEGORY_VIEW])
+    if not distinct:
+        return FeatureBlock.missing(len(item_ids), width)
+    block = reader.read(CATEGORY_VIEW, {"user_id": [user_id] * len(distinct), "category": distinct})
+    missing_row = len(distinct)
+    row_of = {category: row for row, category in enumerate(distinct)}
+    rows = np.fromiter((row_of.get(category, missing_row) for category in categories), dtype=np.intp, count=len(categories))
+    padded = FeatureBlock(
+        values=np.vstack([block.values, np.full((1, width), np.nan)]),
+        found=np.append(block.found, False),
+        event_ts=np.append(block.event_ts, np.nan),
+    )
+    return FeatureBlock(values=padded.values[rows], found=padded.found[rows], event_ts=padded.event_ts[rows])
 
 
 @dataclass(frozen=True)
@@ -413,6 +456,7 @@ class RankResult:
         item_features_source: ``snapshot`` or ``online``.
         snapshot_age_s: Seconds since the item snapshot was read; None for ``online``.
         pair_rows_found: Candidates with a user x item feature row.
+        category_rows_found: Candidates with a user x category feature row for their category.
     """
 
     user_id: str
@@ -425,6 +469,7 @@ class RankResult:
     item_features_source: str
     snapshot_age_s: float | None
     pair_rows_found: int
+    category_rows_found: int = 0
 
 
 def check_candidates(item_ids: Sequence[str], max_candidates: int | None = None) -> None:
@@ -453,8 +498,9 @@ def rank_candidates(
 ) -> RankResult:
     """Look up the features of one user and its candidates and rank the candidates with ``model``.
 
-    Two online store calls: one for the user, and one batched call for the user x item
-    features of all candidates. Without a snapshot, a third batched call reads their item features.
+    Three online store calls: one for the user, one batched call for the user x item features
+    of all candidates, and one for the user x category features of their categories. Without
+    a snapshot, a fourth batched call reads their item features.
 
     Args:
         reader: Online feature reader of the request path.
@@ -468,7 +514,8 @@ def rank_candidates(
     candidates = {"user_id": [user_id] * len(item_ids), "item_id": list(item_ids)}
     pairs = reader.read(PAIR_VIEW, candidates)
     items = reader.read(ITEM_VIEW, candidates) if snapshot is None else snapshot.take(item_ids)
-    matrix = score_matrix(layout, user, items, pairs)
+    categories = read_user_categories(reader, user_id, item_ids)
+    matrix = score_matrix(layout, user, items, pairs, categories)
     scores = np.asarray(model.booster.inplace_predict(matrix, validate_features=False), dtype=np.float64)
     order = np.argsort(-scores, kind="stable")
     now = time.time()
@@ -483,10 +530,12 @@ def rank_candidates(
             USER_VIEW: user.oldest_age_s(now),
             ITEM_VIEW: items.oldest_age_s(now),
             PAIR_VIEW: pairs.oldest_age_s(now),
+            CATEGORY_VIEW: categories.oldest_age_s(now),
         },
         item_features_source="online" if snapshot is None else "snapshot",
         snapshot_age_s=None if snapshot is None else now - snapshot.read_at,
         pair_rows_found=int(pairs.found.sum()),
+        category_rows_found=int(categories.found.sum()),
     )
 
 
@@ -1144,7 +1193,8 @@ def online_feature_frame(settings: Settings, user_id: str, item_ids: list[str]) 
     user = reader.read(USER_VIEW, {"user_id": [user_id]})
     candidates = {"user_id": [user_id] * len(item_ids), "item_id": list(item_ids)}
     items, pairs = reader.read(ITEM_VIEW, candidates), reader.read(PAIR_VIEW, candidates)
-    matrix = score_matrix(layout, user, items, pairs, dtype=np.float64)
+    categories = read_user_categories(reader, user_id, item_ids)
+    matrix = score_matrix(layout, user, items, pairs, categories, dtype=np.float64)
     frame = pd.DataFrame(matrix, columns=list(layout.model_columns))
     frame.insert(0, "item_id", list(item_ids))
     frame.insert(0, "user_id", user_id)

@@ -237,7 +237,8 @@ def _feature_asset(view: str, partitions, window: int) -> AssetsDefinition:
     descriptions = {
         "user_features": "Per-user activity over trailing windows, one Parquet file per day for Feast.",
         "item_features": "Per-item popularity over trailing windows, one Parquet file per day for Feast.",
-        "user_item_features": "Per user x item and user x category history, one Parquet file per day for Feast.",
+        "user_item_features": "Per user x item history, one Parquet file per day for Feast.",
+        "user_category_features": "Per user x category history, one Parquet file per day for Feast.",
     }
 
     @asset(

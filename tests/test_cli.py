@@ -60,6 +60,13 @@ def test_features_round_trip(cli_home):
     assert shown.returncode == 0, shown.stderr
     values = json.loads(shown.stdout)
     assert values["i_views_28d"] == item["i_views_28d"]
+    pairs = pd.read_parquet(cli_home / "offline" / "user_category_features" / "2024-01-02.parquet")
+    pair = pairs.sort_values(["uc_views_90d", "user_id", "category"]).iloc[-1]
+    shown = freshrank(cli_home, "features", "category", pair["user_id"], pair["category"])
+    assert shown.returncode == 0, shown.stderr
+    values = json.loads(shown.stdout)
+    assert values["uc_views_90d"] == pair["uc_views_90d"]
+    assert values["uc_days_since_last_event"] >= 0
 
 
 def test_missing_day_one_line_error(cli_home):

@@ -23,6 +23,7 @@ from freshrank.feature_store import (
     probe_online,
 )
 from freshrank.features import (
+    ATTRIBUTE_COLUMNS,
     ENTITY_KEYS,
     FEATURE_VIEWS,
     RECENCY_FEATURES,
@@ -63,7 +64,7 @@ def served(tmp_path_factory, core_home_builder, core_shop, core_feature_days) ->
 def test_apply_registers_views(served: Settings) -> None:
     store = open_store(served)
     assert sorted(view.name for view in store.list_feature_views()) == sorted(FEATURE_VIEWS)
-    assert sorted(entity.name for entity in store.list_entities()) == ["item", "user"]
+    assert sorted(entity.name for entity in store.list_entities()) == ["category", "item", "user"]
     assert [service.name for service in store.list_feature_services()] == ["ranking_v1"]
     assert store.project == FEAST_PROJECT
 
@@ -122,9 +123,13 @@ def test_features_of_day_before(served: Settings) -> None:
     rows = pd.DataFrame({"user_id": [u for u, _ in PAIRS], "item_id": [i for _, i in PAIRS]})
     joined = historical_features(served, rows.assign(event_timestamp=day_start(DAY, served)))
     as_of = epoch_us(feature_timestamp(PREVIOUS_DAY, served.zone))
+    # The user x category view is keyed by the item's category in the item features of the day before.
+    item_categories = offline(served, "item_features", PREVIOUS_DAY)[["item_id", "category"]]
+    keyed = rows.merge(item_categories, on="item_id", how="left")
     for view in FEATURE_VIEWS:
         keys = list(ENTITY_KEYS[view])
-        expected = with_days_since(rows.merge(offline(served, view, PREVIOUS_DAY), on=keys, how="left"), as_of)
+        partition = offline(served, view, PREVIOUS_DAY).drop(columns=list(ATTRIBUTE_COLUMNS.get(view, ())))
+        expected = with_days_since(keyed.merge(partition, on=keys, how="left"), as_of)
         for name in model_feature_columns(view, served.features):
             merged = joined.merge(expected[["user_id", "item_id", name]], on=["user_id", "item_id"], suffixes=("", "_expected"))
             pd.testing.assert_series_equal(merged[name], merged[f"{name}_expected"], check_names=False, obj=f"{view}:{name}")

@@ -12,6 +12,7 @@ import pytest
 
 from freshrank.config import Settings
 from freshrank.features import (
+    ATTRIBUTE_COLUMNS,
     ENTITY_KEYS,
     FEATURE_VIEWS,
     RECENCY_FEATURES,
@@ -103,29 +104,33 @@ USER_ITEM_EXPECTED: dict[tuple[str, str], dict[str, float | None]] = {
         "ui_views_90d": 2, "ui_carts_90d": 0, "ui_purchases_90d": 1, "ui_purchase_days_90d": 1,
         "ui_days_since_last_event": days(17 * 3600 + 59 * 60 + 59),
         "ui_days_since_last_purchase": days(9 * 86400 + 13 * 3600 + 29 * 60 + 59),
-        # Category A contains i1 and i3: u1 viewed them 3 times and bought them twice, of 2 purchases.
-        "uc_views_90d": 3, "uc_purchases_90d": 2, "uc_purchase_share_90d": 1.0,
     },
     ("u1", "i3"): {
         "ui_views_90d": 1, "ui_purchases_90d": 1,
         "ui_days_since_last_purchase": days(5 * 3600 + 59 * 60 + 59),
-        "uc_views_90d": 3, "uc_purchases_90d": 2, "uc_purchase_share_90d": 1.0,
     },
-    ("u1", "i2"): {
-        "ui_views_90d": 1, "ui_purchases_90d": 0, "ui_days_since_last_purchase": None,
-        "uc_views_90d": 1, "uc_purchases_90d": 0, "uc_purchase_share_90d": 0.0,
-    },
-    ("u2", "i1"): {
-        "ui_views_90d": 1, "ui_carts_90d": 1, "ui_purchases_90d": 1,
-        "uc_views_90d": 1, "uc_purchases_90d": 1, "uc_purchase_share_90d": 1.0,
-    },
-    ("u2", "i2"): {
-        "ui_views_90d": 2, "uc_views_90d": 2, "uc_purchases_90d": 0,
-        # u2 bought one item, none of category B.
-        "uc_purchase_share_90d": 0.0,
-    },
+    ("u1", "i2"): {"ui_views_90d": 1, "ui_purchases_90d": 0, "ui_days_since_last_purchase": None},
+    ("u2", "i1"): {"ui_views_90d": 1, "ui_carts_90d": 1, "ui_purchases_90d": 1},
+    ("u2", "i2"): {"ui_views_90d": 2, "ui_purchases_90d": 0},
     # The 90-day window still contains u3's view of 10 February.
-    ("u3", "i4"): {"ui_views_90d": 1, "uc_views_90d": 1, "uc_purchase_share_90d": None},
+    ("u3", "i4"): {"ui_views_90d": 1, "ui_purchases_90d": 0},
+}
+
+USER_CATEGORY_EXPECTED: dict[tuple[str, str], dict[str, float | None]] = {
+    # Category A contains i1 and i3: u1 viewed them 3 times and bought them twice, of 2 purchases.
+    ("u1", "A"): {
+        "uc_views_90d": 3, "uc_purchases_90d": 2, "uc_purchase_share_90d": 1.0,
+        "uc_days_since_last_event": days(5 * 3600 + 59 * 60 + 59),
+    },
+    ("u1", "B"): {"uc_views_90d": 1, "uc_purchases_90d": 0, "uc_purchase_share_90d": 0.0},
+    ("u2", "A"): {"uc_views_90d": 1, "uc_purchases_90d": 1, "uc_purchase_share_90d": 1.0},
+    # u2 bought one item, none of category B.
+    ("u2", "B"): {
+        "uc_views_90d": 2, "uc_purchases_90d": 0, "uc_purchase_share_90d": 0.0,
+        "uc_days_since_last_event": days(3 * 3600 + 59 * 60 + 59),
+    },
+    # u3 never bought anything, so its share is undefined.
+    ("u3", "C"): {"uc_views_90d": 1, "uc_purchases_90d": 0, "uc_purchase_share_90d": None},
 }
 
 
@@ -165,6 +170,27 @@ def test_user_features_by_hand(home: Settings, user: str) -> None:
 def test_item_features_by_hand(home: Settings, item: str) -> None:
     frame = read_model_features(home, "item_features", DAY)
     check_values(frame[frame["item_id"] == item], ITEM_EXPECTED[item], item)
+
+
+@pytest.mark.parametrize("key", sorted(USER_CATEGORY_EXPECTED))
+def test_user_category_features_by_hand(home: Settings, key: tuple[str, str]) -> None:
+    frame = read_model_features(home, "user_category_features", DAY)
+    match = frame[(frame["user_id"] == key[0]) & (frame["category"] == key[1])]
+    check_values(match, USER_CATEGORY_EXPECTED[key], str(key))
+
+
+def test_user_category_rows_are_the_categories_each_user_touched(home: Settings) -> None:
+    frame = read_partition(home, "user_category_features", DAY)
+    assert sorted(zip(frame["user_id"], frame["category"])) == sorted(USER_CATEGORY_EXPECTED)
+
+
+def test_item_partition_holds_each_item_category_outside_the_features(home: Settings) -> None:
+    frame = read_partition(home, "item_features", DAY)
+    assert dict(zip(frame["item_id"], frame["category"])) == {"i1": "A", "i2": "B", "i3": "A"}
+    # i4's expiry row of 9 March has no category, so no user x category row is looked up for it.
+    expired = read_partition(home, "item_features", EXPIRY_DAY).set_index("item_id")
+    assert expired.loc["i4", "category"] is None
+    assert "category" not in feature_columns("item_features", home.features)
 
 
 @pytest.mark.parametrize("pair", sorted(USER_ITEM_EXPECTED))
@@ -229,8 +255,10 @@ def test_no_expiry_within_user_item_window(home: Settings) -> None:
 @pytest.mark.parametrize("view", FEATURE_VIEWS)
 def test_feature_columns_match_parquet(home: Settings, view: str) -> None:
     columns = read_partition(home, view, DAY).columns.tolist()
+    attributes = ATTRIBUTE_COLUMNS.get(view, ())
     expected = list(ENTITY_KEYS[view]) + ["event_timestamp"] + feature_columns(view, home.features) + ["created_timestamp"]
-    assert columns == expected
+    assert [column for column in columns if column not in attributes] == expected
+    assert set(attributes) <= set(columns)
 
 
 @pytest.mark.parametrize("view", FEATURE_VIEWS)

@@ -34,14 +34,15 @@ from freshrank.features import (
     ENTITY_KEYS,
     FEATURE_VIEWS,
     RECENCY_COLUMNS,
+    epoch_us,
     feature_columns,
     feature_timestamp,
+    view_window_days,
     write_feature_partition,
 )
 from freshrank.increments import day_bounds
-from freshrank.online_watermark import clear_watermark, read_watermark
+from freshrank.online_watermark import clear_watermark, online_as_of_us, read_watermark
 from freshrank.training_rows import build_training_rows
-from feature_repo.features import _ttl
 
 FIRST_DAY = date(2024, 2, 10)
 """u3's only event (a view of i4); the replay then jumps to REPLAY_START."""
@@ -213,7 +214,7 @@ def test_unchanged_rows_younger_than_ttl(replayed, view: str) -> None:
     # Diff writes leave unchanged rows with an older event timestamp. A row with values must
     # still be younger than the view's ttl, so that the ttl never hides it.
     settings, _, before_correction = replayed
-    ttl_days = _ttl(view, settings.features).days
+    ttl_days = view_window_days(view, settings.features)
     before = nonnull_row_ages_days(settings, view, before_correction[view], NEWEST_DAY)
     after = nonnull_row_ages_days(settings, view, raw_sqlite_rows(settings, view), NEWEST_DAY + timedelta(days=1))
     assert before
@@ -259,9 +260,12 @@ def test_diff_row_count_by_hand(written_to_march_9: Settings) -> None:
     # Items: i1 and i2 have new views, i3 is new; i4's expiry row is not repeated.
     assert write.rows["item_features"] == 3
     # Pairs: (u1, i1) and (u2, i2) have new views and (u1, i3) is new. (u1, i2), (u2, i1)
-    # and (u3, i4) keep their counts, times and category shares.
+    # and (u3, i4) keep their counts and times.
     assert write.rows["user_item_features"] == 3
-    assert write.total_rows == 8
+    # User x category: (u1, A) and (u2, B) have new events. (u1, B) keeps a share of 0 of
+    # u1's purchases, and (u2, A) and (u3, C) are untouched.
+    assert write.rows["user_category_features"] == 2
+    assert write.total_rows == 10
 
 
 def test_rewritten_previous_partition_forces_full(written_to_march_9: Settings) -> None:
@@ -298,6 +302,18 @@ def test_full_write_without_watermark_reads_window(written_to_march_9: Settings)
     first = full_write_first_day(settings, store, day, day)
 
     assert first == day - timedelta(days=settings.features.max_window_days - 1)
+
+
+def test_copied_store_keeps_its_day_but_no_diff(written_to_march_9: Settings, tmp_path: Path) -> None:
+    import shutil
+
+    copy = load_settings(shutil.copytree(written_to_march_9.home, tmp_path / "copy"))
+    config = open_store(copy).config
+    # The copy holds the rows of 9 March, so days since count to that day, but the copied
+    # file is not the one the watermark names, so the next write is a full one.
+    assert online_as_of_us(config, copy.zone) == epoch_us(feature_timestamp(date(2024, 3, 9), copy.zone))
+    assert read_watermark(config) is None
+    assert write_online(copy, date(2024, 3, 10)).mode == "full"
 
 
 def test_changed_feature_config_forces_full(written_to_march_9: Settings) -> None:

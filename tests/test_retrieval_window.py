@@ -11,7 +11,7 @@ from freshrank.config import Settings
 from freshrank.errors import FeatureStoreError
 from freshrank.feature_store import day_start, feature_refs, historical_features, open_store, seen_feature_timestamps_us
 from freshrank.features import FEATURE_VIEWS, partition_path, with_days_since
-from freshrank.retrieval_window import needed_partitions
+from freshrank.retrieval_window import item_categories_seen, needed_partitions
 from freshrank.training_rows import label_rows
 
 KEYS = ["user_id", "item_id"]
@@ -23,7 +23,9 @@ def _entity_rows(settings: Settings, day: date) -> pd.DataFrame:
 
 
 def _full_history_join(settings: Settings, rows: pd.DataFrame) -> pd.DataFrame:
-    joined = open_store(settings).get_historical_features(entity_df=rows, features=feature_refs(settings)).to_df()
+    categories = item_categories_seen(settings, rows["event_timestamp"], rows["item_id"])
+    keyed = rows.assign(category=categories)
+    joined = open_store(settings).get_historical_features(entity_df=keyed, features=feature_refs(settings)).to_df()
     return with_days_since(joined, seen_feature_timestamps_us(joined["event_timestamp"], settings))
 
 
@@ -42,6 +44,30 @@ def test_windowed_join_equals_full_history(core_tiny_home: Settings) -> None:
 
     assert len(windowed) == len(rows) > 0
     _assert_same_rows(windowed, _full_history_join(settings, rows))
+
+
+def test_item_category_is_the_one_seen_the_day_before(core_tiny_home: Settings) -> None:
+    settings = core_tiny_home
+    rows = _entity_rows(settings, date(2024, 3, 10))
+
+    categories = item_categories_seen(settings, rows["event_timestamp"], rows["item_id"])
+
+    # i3's first event is on 10 March itself, so the item features of 9 March do not know it.
+    assert dict(zip(rows["item_id"], categories)) == {"i1": "A", "i2": "B", "i3": None}
+
+
+def test_user_category_features_join_by_item_category(core_tiny_home: Settings) -> None:
+    settings = core_tiny_home
+    rows = _entity_rows(settings, date(2024, 3, 10))
+
+    joined = historical_features(settings, rows).set_index(KEYS)
+
+    assert "category" not in joined.columns
+    # By 9 March u2 had viewed category B once (i2 on 1 March) and u1 had viewed and bought i1 of A.
+    assert joined.loc[("u2", "i2"), "uc_views_90d"] == 1
+    assert joined.loc[("u1", "i1"), "uc_views_90d"] == 1
+    assert joined.loc[("u1", "i1"), "uc_purchases_90d"] == 1
+    assert pd.isna(joined.loc[("u1", "i3"), "uc_views_90d"])
 
 
 def test_reads_only_the_day_before(core_tiny_home: Settings) -> None:

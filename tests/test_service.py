@@ -35,7 +35,7 @@ from freshrank.synthetic import ShopSpec, generate_shop
 from models.ab import LOG_FIELDS, assign_variant, read_request_log, request_log_path
 from models.registry import ModelRegistry
 from models.service import create_app
-from models.serving import ITEM_VIEW, PAIR_VIEW, USER_VIEW, FeatureLayout, OnlineFeatureReader
+from models.serving import CATEGORY_VIEW, ITEM_VIEW, PAIR_VIEW, USER_VIEW, FeatureLayout, OnlineFeatureReader
 from models.training import predict
 
 SHOP = ShopSpec(days=4, users=150, items=60, seed=3)
@@ -321,6 +321,7 @@ class ServiceSuite:
         assert before - user_ts <= age <= after - user_ts
         assert response["features"][ITEM_VIEW]["source"] == "snapshot"
         assert response["features"][PAIR_VIEW]["rows_found"] >= 1
+        assert response["features"][CATEGORY_VIEW]["rows_found"] >= 1
 
     def test_rank_cold_start_user(self, home, client):
         items = popular_items(home)[:20]
@@ -329,13 +330,16 @@ class ServiceSuite:
         assert response["unknown_user"] is True
         assert response["features"][USER_VIEW]["age_s"] is None
         assert response["features"][PAIR_VIEW]["rows_found"] == 0
+        assert response["features"][CATEGORY_VIEW]["rows_found"] == 0
         assert_ranked_like_offline(response, offline_scores(home, champion_of(home), "never-seen-user", items))
 
     def test_reader_matches_feast_sdk(self, home):
         user, items = request_candidates(home)
         layout = FeatureLayout.from_settings(home)
         reader = OnlineFeatureReader(home, layout)
-        entities = {"user_id": [user] * len(items), "item_id": items}
+        categories = [category for category in reader.categories.of(items) if category is not None]
+        assert categories
+        entities = {"user_id": [user] * len(items), "item_id": items, "category": categories + ["c01"] * (len(items) - len(categories))}
         for view in FEATURE_VIEWS:
             block = reader.read(view, entities)
             keys = {key: entities[key] for key in ENTITY_KEYS[view]}
