@@ -7,6 +7,10 @@ a new model version and item features whose newest event timestamp belongs to th
 day. Reports the total and the per-step split of the watcher's run.
 
     python bench/bench_freshness.py [--events 100000] [--history-days 3] [--repeats 2]
+
+With ``--home`` the history is the home's landed days instead (for example a home that
+``bench_scale.py --home`` built, with the same ``--events --users --items --seed``), so
+freshness is measured on a long history without replaying it again.
 """
 
 from __future__ import annotations
@@ -74,14 +78,22 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=100_000, help="Events per synthetic day.")
     parser.add_argument("--history-days", type=int, default=3, help="Days computed before the measured ones.")
     parser.add_argument("--repeats", type=int, default=2, help="New days landed and measured one after another.")
+    parser.add_argument("--home", type=Path, default=None, help="Continue this home: its landed days are the history.")
+    parser.add_argument("--users", type=int, default=None, help="Users of the shop (default: events / 10, at least 2,000).")
+    parser.add_argument("--items", type=int, default=None, help="Items of the shop (default: users / 10, at least 500).")
+    parser.add_argument("--seed", type=int, default=13, help="Seed of the synthetic shop (bench_scale.py uses 21).")
     args = parser.parse_args()
-    users = max(2000, args.events // 10)
-    spec = ShopSpec(days=args.history_days + args.repeats, users=users, items=max(500, users // 10), seed=13, events_per_day=args.events)
+    users = args.users or max(2000, args.events // 10)
+    items = args.items or max(500, users // 10)
     measurements = []
     with tempfile.TemporaryDirectory() as tmp:
-        settings = load_settings(Path(tmp) / "home")
-        for index in range(args.history_days):
-            land(settings, spec, index)
+        settings = load_settings(args.home or Path(tmp) / "home")
+        if args.home is not None:
+            args.history_days = len([path for path in settings.landing_dir.iterdir() if path.is_dir()])
+        spec = ShopSpec(days=args.history_days + args.repeats, users=users, items=items, seed=args.seed, events_per_day=args.events)
+        if args.home is None:
+            for index in range(args.history_days):
+                land(settings, spec, index)
         run_changes(settings)
         env = {**os.environ, "FRESHRANK_HOME": str(settings.home)}
         port = free_port()
@@ -131,7 +143,7 @@ def main() -> None:
     step_rows = [[name, seconds] for name, seconds in sorted(last.items(), key=lambda item: -item[1])]
     step_rows.append(["outside the run (detection, launch, service reload)", measurements[-1]["seconds"] - accounted])
     print_table("Steps of the last measured day", ["step", "seconds"], step_rows)
-    print(f"\nJSON: {write_json('freshness', {'args': vars(args), 'measurements': measurements})}")
+    print(f"\nJSON: {write_json('freshness', {'args': {k: str(v) for k, v in vars(args).items()}, 'measurements': measurements})}")
 
 
 if __name__ == "__main__":

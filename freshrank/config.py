@@ -80,6 +80,11 @@ class TrainingConfig(_Strict):
     """Maximum tree depth."""
     full_train_window_days: int = 60
     """Trailing stored days of training rows used by a full train (first model, rebase, shadow)."""
+    max_training_rows: int = Field(default=2_000_000, ge=1)
+    """Row budget of one training run, which bounds its memory. When the window's earlier
+    days hold more rows than the budget leaves after the new day's, whole query groups
+    (a user's rows of one day) of those days are kept with a seeded hash, in the share that
+    fits. The new day is never sampled."""
     max_trees: int = 1000
     """Tree budget: when the champion's trees plus ``trees_per_day`` would pass it, the next
     challenger is a full train (a rebase with trigger ``tree_budget``)."""

@@ -154,11 +154,21 @@ def _check_inputs(reference: pd.DataFrame, current: pd.DataFrame, columns: list[
             )
 
 
+def sample_rows(frame: pd.DataFrame, max_rows: int, seed: int) -> pd.DataFrame:
+    """Return the rows of ``frame`` that ``check_drift`` compares: all, or ``max_rows`` drawn without replacement.
+
+    The draw depends only on the number of rows, ``max_rows`` and ``seed``, so a caller
+    that samples first (to score predictions on the compared rows only) passes
+    ``check_drift`` exactly the rows it would have drawn itself.
+    """
+    if len(frame) <= max_rows:
+        return frame
+    return frame.sample(n=max_rows, random_state=seed)
+
+
 def _sample(frame: pd.DataFrame, columns: list[str], max_rows: int, seed: int, name: str) -> pd.DataFrame:
     """Return at most ``max_rows`` rows of ``columns`` as float64, drawn without replacement."""
-    selected = frame[columns]
-    if len(selected) > max_rows:
-        selected = selected.sample(n=max_rows, random_state=seed)
+    selected = sample_rows(frame[columns], max_rows, seed)
     values = selected.astype("float64").reset_index(drop=True)
     infinite = [column for column in columns if np.isinf(values[column]).any()]
     if infinite:

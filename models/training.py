@@ -114,7 +114,7 @@ def train_full(rows: pd.DataFrame, feature_columns: Sequence[str], cfg: Training
         TrainingDataError: Rows miss a column, a feature is not numeric or is infinite,
             or labels are not 0/1 or all the same.
     """
-    dtrain = _training_matrix(rows, feature_columns)
+    dtrain = _training_matrix(rows, feature_columns, quantized=True)
     params = training_params(cfg, learning_rate=cfg.learning_rate)
     booster = xgb.train(params, dtrain, num_boost_round=cfg.full_train_trees)
     if logger.isEnabledFor(logging.INFO):
@@ -338,20 +338,29 @@ def _check_model_features(booster: xgb.Booster, feature_columns: Sequence[str]) 
     )
 
 
-def _feature_matrix(rows: pd.DataFrame, feature_columns: Sequence[str], *, purpose: str) -> np.ndarray:
-    """Return the features as float32, with NaN for unknown values."""
+def _feature_matrix(
+    rows: pd.DataFrame, feature_columns: Sequence[str], *, purpose: str, order: np.ndarray | None = None
+) -> np.ndarray:
+    """Return the features as float32, with NaN for unknown values, rows taken in ``order`` if given.
+
+    The matrix is filled column by column, so no copy of the selected columns is made on the
+    way: for a full train over many days that copy was as large as the matrix itself.
+    """
     _check_feature_list(feature_columns)
     _require_columns(rows, feature_columns, purpose=purpose)
-    features = rows[list(feature_columns)]
     not_numeric = [
-        f"{name} ({dtype})" for name, dtype in features.dtypes.items() if not pd.api.types.is_numeric_dtype(dtype)
+        f"{name} ({rows[name].dtype})" for name in feature_columns if not pd.api.types.is_numeric_dtype(rows[name].dtype)
     ]
     if not_numeric:
         raise TrainingDataError(
             f"feature columns for {purpose} must be numeric, but these are not: {not_numeric}. "
             "Encode them as numbers, with NaN for unknown values."
         )
-    matrix = features.to_numpy(dtype=np.float32, na_value=np.nan)
+    count = len(rows) if order is None else len(order)
+    matrix = np.empty((count, len(feature_columns)), dtype=np.float32)
+    for position, name in enumerate(feature_columns):
+        values = rows[name].to_numpy(dtype=np.float32, na_value=np.nan)
+        matrix[:, position] = values if order is None else values[order]
     infinite_counts = np.isinf(matrix).sum(axis=0)
     infinite = {name: int(count) for name, count in zip(feature_columns, infinite_counts) if count}
     if infinite:
@@ -383,20 +392,35 @@ def _labels(rows: pd.DataFrame) -> np.ndarray:
     return values
 
 
-def _training_matrix(rows: pd.DataFrame, feature_columns: Sequence[str]) -> xgb.DMatrix:
-    """Build the DMatrix of training rows sorted by their keys.
+def _training_matrix(
+    rows: pd.DataFrame, feature_columns: Sequence[str], *, quantized: bool = False
+) -> xgb.DMatrix | xgb.QuantileDMatrix:
+    """Build the training matrix of the rows in the order of their keys.
 
     Sorting makes the model independent of the order the rows arrived in. Without it,
     the same 10,000 rows in shuffled order gave different trees with xgboost 3.2 (hist),
-    because quantile sketches and floating-point gradient sums depend on row order.
+    because quantile sketches and floating-point gradient sums depend on row order. Only
+    the key columns are sorted; the features are converted to float32 once and then put
+    in that order, so no sorted copy of the whole frame is made.
+
+    Args:
+        rows: Training rows.
+        feature_columns: Feature columns, in model order.
+        quantized: Build a ``QuantileDMatrix``, which holds only the histogram bin of each
+            value instead of a copy of the values as well. A full train uses it. Continued
+            boosting does not, because the champion's trees are evaluated on these rows and
+            need the exact values, not the bins of this window's quantiles.
     """
     _require_columns(rows, KEY_COLUMNS, purpose="training")
-    ordered = rows.sort_values(list(KEY_COLUMNS), kind="mergesort")
-    labels = _labels(ordered)
-    matrix = _feature_matrix(ordered, feature_columns, purpose="training")
+    keys = rows[list(KEY_COLUMNS)].reset_index(drop=True)
+    order = keys.sort_values(list(KEY_COLUMNS), kind="mergesort").index.to_numpy()
+    labels = _labels(rows)[order]
+    matrix = _feature_matrix(rows, feature_columns, purpose="training", order=order)
+    if quantized:
+        return xgb.QuantileDMatrix(matrix, label=labels, feature_names=list(feature_columns), missing=np.nan)
     return xgb.DMatrix(matrix, label=labels, feature_names=list(feature_columns), missing=np.nan)
 
 
-def _train_metrics(booster: xgb.Booster, dtrain: xgb.DMatrix) -> str:
+def _train_metrics(booster: xgb.Booster, dtrain: xgb.DMatrix | xgb.QuantileDMatrix) -> str:
     """Return XGBoost's evaluation line (auc, logloss) of the training rows, for the log."""
     return booster.eval(dtrain, name="train").split("\t", 1)[-1]

@@ -261,7 +261,7 @@ def _feature_asset(view: str, partitions, window: int) -> AssetsDefinition:
 
 
 def _drift_record(settings: Settings, day: date) -> dict:
-    from freshrank.drift import check_drift
+    from freshrank.drift import check_drift, sample_rows
 
     challenger = read_record(settings, "challenger_model", day) or {}
     registry = lifecycle.registry_for(settings)
@@ -274,6 +274,8 @@ def _drift_record(settings: Settings, day: date) -> dict:
     columns = model_feature_names(settings)
     booster = registry.load(version)
     current = current.assign(prediction=predict(booster, current, columns))
+    # The reference window spans several days: score only the rows the check compares.
+    reference = sample_rows(reference, settings.drift.max_rows, settings.training.seed)
     reference = reference.assign(prediction=predict(booster, reference, columns))
     html_path = settings.reports_dir / "drift" / f"{day.isoformat()}.html"
     result = check_drift(reference, current, columns + ["prediction"], settings.drift, html_path, seed=settings.training.seed)

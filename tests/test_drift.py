@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from freshrank.config import DriftConfig
-from freshrank.drift import check_drift
+from freshrank.drift import check_drift, sample_rows
 from freshrank.errors import DriftInputError
 
 COLUMNS = ["views_7d", "purchases_28d", "price_mean", "prediction"]
@@ -91,6 +91,19 @@ def test_sampling_bound_is_respected():
     assert result.current_rows == 500
     # Evidently picks K-S for a reference of at most 1,000 rows, so it received the sample.
     assert result.columns["price_mean"]["stat_test"] == "K-S p_value"
+
+
+def test_sampling_first_gives_the_same_result():
+    # The daily loop samples the reference window before scoring its predictions.
+    config = DriftConfig(max_rows=800)
+    reference = make_rows(4000, seed=1)
+    current = make_rows(4000, seed=2, shift={"price_mean": 3.0})
+
+    direct = check_drift(reference, current, COLUMNS, config, None, seed=5)
+    presampled = check_drift(sample_rows(reference, 800, seed=5), current, COLUMNS, config, None, seed=5)
+
+    assert presampled.columns == direct.columns
+    assert presampled.reference_rows == 800
 
 
 def test_small_frames_are_not_sampled():
