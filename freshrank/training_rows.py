@@ -142,10 +142,10 @@ def stored_row_count(settings: Settings, days: list[date]) -> int:
 def read_compact_training_rows(settings: Settings, days: list[date], keep_share: float = 1.0) -> pd.DataFrame:
     """Concatenate the stored rows of ``days`` as ``read_training_rows`` does, in less memory.
 
-    Float features become float32, the precision the models train and predict in, so the
-    model is the same; ids and days become Arrow strings instead of Python objects. The
-    days are joined as Arrow tables, without copies, and converted to pandas once, freeing
-    the Arrow buffers on the way. On 37 days of the synthetic shop (2.8M rows) a full train
+    Float features become float32. Models train and predict in float32, so the model is
+    the same. Ids and days become Arrow strings instead of Python objects. The days are
+    joined as Arrow tables without copies and converted to pandas once, which frees the
+    Arrow buffers on the way. On 37 days of the synthetic shop (2.8M rows) a full train
     peaked at 3.5 GiB this way, against 5.0 GiB with ``read_training_rows``.
 
     Args:
