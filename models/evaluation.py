@@ -96,14 +96,26 @@ def _group_codes(groups: np.ndarray) -> tuple[np.ndarray, int]:
     return codes.reshape(-1), int(len(unique))
 
 
-def _ranking_metrics(
-    labels: np.ndarray, scores: np.ndarray, group_codes: np.ndarray, group_count: int, k: int
-) -> dict:
-    """Compute mean NDCG@k and recall@k over groups with at least one positive.
+def group_ranking_metrics(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray, k: int = 10) -> dict[str, np.ndarray]:
+    """Return NDCG@k and recall@k of every query group, groups in sorted order of their ids.
 
-    NDCG uses binary gains and a log2(rank + 1) discount, with ranks from 1. The ideal DCG
-    places all of the group's positives first. Recall@k is the share of the group's
-    positives that are in its top k.
+    A group's values are what ``evaluate`` gives for that group's rows alone, computed for
+    all groups in one pass. Groups without a positive have no ideal ranking: their values
+    are NaN and ``ranked`` is False.
+
+    Raises:
+        ValueError: As ``evaluate``.
+    """
+    labels, scores, groups = _validated(labels, scores, groups, k)
+    group_codes, group_count = _group_codes(groups)
+    return _per_group(labels, scores, group_codes, group_count, k)
+
+
+def _per_group(labels: np.ndarray, scores: np.ndarray, group_codes: np.ndarray, group_count: int, k: int) -> dict[str, np.ndarray]:
+    """Compute NDCG@k and recall@k per group; NDCG uses binary gains and a log2(rank + 1) discount, ranks from 1.
+
+    The ideal DCG places all of the group's positives first. Recall@k is the share of the
+    group's positives that are in its top k.
     """
     row_order = np.arange(len(labels))
     # np.lexsort sorts by the last key first: group, then score descending, then row order.
@@ -125,12 +137,24 @@ def _ranking_metrics(
     ideal_dcg = ideal_dcg_by_count[np.minimum(group_positives, k).astype(np.int64)]
 
     ranked = group_positives > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ndcg = np.where(ranked, dcg / ideal_dcg, np.nan)
+        recall = np.where(ranked, hits / group_positives, np.nan)
+    return {"ndcg": ndcg, "recall": recall, "ranked": ranked}
+
+
+def _ranking_metrics(
+    labels: np.ndarray, scores: np.ndarray, group_codes: np.ndarray, group_count: int, k: int
+) -> dict:
+    """Compute mean NDCG@k and recall@k over groups with at least one positive (see ``_per_group``)."""
+    per_group = _per_group(labels, scores, group_codes, group_count, k)
+    ranked = per_group["ranked"]
     ranked_count = int(ranked.sum())
     if ranked_count == 0:
         return {"ndcg": None, "recall": None, "groups_with_positives": 0}
     return {
-        "ndcg": float(np.mean(dcg[ranked] / ideal_dcg[ranked])),
-        "recall": float(np.mean(hits[ranked] / group_positives[ranked])),
+        "ndcg": float(np.mean(per_group["ndcg"][ranked])),
+        "recall": float(np.mean(per_group["recall"][ranked])),
         "groups_with_positives": ranked_count,
     }
 

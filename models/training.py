@@ -22,7 +22,7 @@ import xgboost as xgb
 
 from freshrank.config import TrainingConfig
 from freshrank.errors import FeatureMismatchError, TrainingDataError
-from models.evaluation import evaluate
+from models.evaluation import evaluate, group_ranking_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -213,7 +213,8 @@ def score_rows(booster: xgb.Booster, rows: pd.DataFrame, feature_columns: Sequen
     return evaluate(rows[LABEL_COLUMN].to_numpy(), scores, groups, threshold)
 
 
-GROUP_METRICS: tuple[str, ...] = ("ndcg_at_10", "recall_at_10")
+GROUP_METRICS: dict[str, str] = {"ndcg_at_10": "ndcg", "recall_at_10": "recall"}
+"""Gate metrics that have a value per query group, and their name in ``group_ranking_metrics``."""
 """Metrics that are means over query groups, so a paired per-group comparison applies to them."""
 
 
@@ -238,7 +239,7 @@ def paired_group_difference(
         rows: Rows neither model trained on.
         feature_columns: The models' feature columns, in order.
         metric: One of ``GROUP_METRICS``.
-        threshold: Operating threshold passed to ``evaluate``.
+        threshold: Operating threshold; the group metrics do not use it.
 
     Returns:
         ``{"metric", "groups", "mean_difference", "standard_error"}``; the standard error is
@@ -249,14 +250,12 @@ def paired_group_difference(
         return None
     labels = rows[LABEL_COLUMN].to_numpy()
     groups = (rows[DAY_COLUMN].astype(str) + "|" + rows[USER_COLUMN].astype(str)).to_numpy()
-    scores = {"challenger": predict(challenger, rows, feature_columns), "champion": predict(champion, rows, feature_columns)}
-    differences = []
-    for members in _group_members(groups):
-        if labels[members].max() < 1:
-            continue
-        values = [evaluate(labels[members], scores[name][members], groups[members], threshold)[metric] for name in scores]
-        differences.append(values[0] - values[1])
-    if not differences:
+    name = GROUP_METRICS[metric]
+    challenger_values = group_ranking_metrics(labels, predict(challenger, rows, feature_columns), groups)
+    champion_values = group_ranking_metrics(labels, predict(champion, rows, feature_columns), groups)
+    ranked = challenger_values["ranked"]
+    differences = (challenger_values[name] - champion_values[name])[ranked]
+    if not len(differences):
         return None
     standard_error = float(np.std(differences, ddof=1) / np.sqrt(len(differences))) if len(differences) > 1 else None
     return {
@@ -265,13 +264,6 @@ def paired_group_difference(
         "mean_difference": float(np.mean(differences)),
         "standard_error": standard_error,
     }
-
-
-def _group_members(groups: np.ndarray) -> list[np.ndarray]:
-    """Return the row positions of each group, groups in sorted order."""
-    order = np.argsort(groups, kind="stable")
-    _, starts = np.unique(groups[order], return_index=True)
-    return np.split(order, starts[1:])
 
 
 def model_size_bytes(booster: xgb.Booster) -> int:

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from models.evaluation import evaluate
+from models.evaluation import evaluate, group_ranking_metrics
 
 
 def _log2_discount(rank: int) -> float:
@@ -168,3 +168,24 @@ def test_invalid_input_raises(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         evaluate(np.array(labels), np.array(scores), np.array(groups), 0.5, k=k)
+
+
+def test_group_metrics_equal_each_group_alone() -> None:
+    rng = np.random.default_rng(3)
+    groups = np.array([f"g{index % 7}" for index in range(140)])
+    labels = (rng.random(140) < 0.2).astype(int)
+    labels[groups == "g3"] = 0
+    # Rounded scores make ties, which keep the row order within a group.
+    scores = np.round(rng.random(140), 1)
+
+    per_group = group_ranking_metrics(labels, scores, groups)
+
+    for position, group in enumerate(sorted(set(groups))):
+        members = groups == group
+        alone = evaluate(labels[members], scores[members], groups[members], 0.5)
+        if group == "g3":
+            assert not per_group["ranked"][position]
+            assert math.isnan(per_group["ndcg"][position])
+        else:
+            assert per_group["ndcg"][position] == alone["ndcg_at_10"]
+            assert per_group["recall"][position] == alone["recall_at_10"]
