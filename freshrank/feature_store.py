@@ -389,8 +389,8 @@ def historical_features(settings: Settings, entity_rows: pd.DataFrame, store: Fe
 
     from freshrank.retrieval_window import item_categories_seen, windowed_feature_views
 
-    given = list(entity_rows.columns)
-    if "category" not in given:
+    categories_given = "category" in entity_rows.columns
+    if not categories_given:
         # The user x category view is keyed by the item's category as of the row's instant.
         categories = item_categories_seen(settings, entity_rows["event_timestamp"], entity_rows["item_id"])
         entity_rows = entity_rows.assign(category=categories)
@@ -404,7 +404,7 @@ def historical_features(settings: Settings, entity_rows: pd.DataFrame, store: Fe
     missing = [name for name in feature_refs(settings) if name.split(":", 1)[1] not in joined.columns]
     if missing:
         raise FeatureStoreError(f"historical features lack columns {missing}; run `freshrank features apply`")
-    if "category" not in given:
+    if not categories_given:
         joined = joined.drop(columns=["category"])
     return with_days_since(joined, seen_feature_timestamps_us(joined["event_timestamp"], settings))
 

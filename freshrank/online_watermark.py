@@ -119,7 +119,7 @@ def read_watermark(config: RepoConfig, same_store_file: bool = True) -> OnlineWa
         config: Feast configuration of the home.
         same_store_file: Return None when the SQLite file is not the one the watermark was
             written for (it was replaced or copied). A diff write needs that; the day the
-            rows reflect does not, since a copy holds the same rows.
+            rows reflect does not, since a copy contains the same rows.
 
     Raises:
         FeatureStoreError: The stored record cannot be parsed; clear it with

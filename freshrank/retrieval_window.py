@@ -75,7 +75,7 @@ def _any_partition(settings: Settings, view: str) -> Path:
 
 
 def item_categories_seen(settings: Settings, instants: pd.Series, item_ids: pd.Series) -> pd.Series:
-    """Return, per row, the category of its item as the point-in-time join at its instant sees it.
+    """Return, per row, the category of its item as the point-in-time join at its instant reads it.
 
     The category is the ``category`` column of the newest item-feature row visible at the
     instant (see ``needed_partitions``), so a training row reads the category its user x
@@ -83,7 +83,7 @@ def item_categories_seen(settings: Settings, instants: pd.Series, item_ids: pd.S
     day before. An item without a visible row, or whose row is an expiry row, gets None.
     """
     stamps = pd.to_datetime(instants, utc=True)
-    seen = pd.Series([feature_day_seen_at(instant, settings.zone) for instant in stamps], index=stamps.index)
+    seen = stamps.map({instant: feature_day_seen_at(instant, settings.zone) for instant in stamps.unique()})
     ttl_days = view_window_days("item_features", settings.features)
     categories = pd.Series([None] * len(item_ids), index=item_ids.index, dtype="object")
     for day in seen.unique():

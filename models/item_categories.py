@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from freshrank.features import partition_path
+from freshrank.features import partition_path, previous_partition
 
 logger = logging.getLogger(__name__)
 
@@ -47,16 +47,9 @@ EMPTY = ItemCategories(mapping={})
 
 def item_partition_at(offline_dir: Path, day: date | None) -> Path | None:
     """Return the item partition of ``day``, or the newest one before it; the newest of all when ``day`` is None."""
-    folder = offline_dir / ITEM_VIEW
-    if day is not None:
-        exact = partition_path(offline_dir, ITEM_VIEW, day)
-        if exact.exists():
-            return exact
-    if not folder.is_dir():
-        return None
-    limit = None if day is None else day.isoformat()
-    older = [path for path in folder.glob("*.parquet") if limit is None or path.stem <= limit]
-    return max(older) if older else None
+    if day is not None and (exact := partition_path(offline_dir, ITEM_VIEW, day)).exists():
+        return exact
+    return previous_partition(offline_dir, ITEM_VIEW, day or date.max)
 
 
 def _signature(path: Path) -> tuple:

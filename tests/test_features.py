@@ -179,12 +179,12 @@ def test_user_category_features_by_hand(home: Settings, key: tuple[str, str]) ->
     check_values(match, USER_CATEGORY_EXPECTED[key], str(key))
 
 
-def test_user_category_rows_are_the_categories_each_user_touched(home: Settings) -> None:
+def test_user_category_row_keys(home: Settings) -> None:
     frame = read_partition(home, "user_category_features", DAY)
     assert sorted(zip(frame["user_id"], frame["category"])) == sorted(USER_CATEGORY_EXPECTED)
 
 
-def test_item_partition_holds_each_item_category_outside_the_features(home: Settings) -> None:
+def test_item_category_not_a_feature(home: Settings) -> None:
     frame = read_partition(home, "item_features", DAY)
     assert dict(zip(frame["item_id"], frame["category"])) == {"i1": "A", "i2": "B", "i3": "A"}
     # i4's expiry row of 9 March has no category, so no user x category row is looked up for it.

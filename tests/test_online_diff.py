@@ -309,7 +309,7 @@ def test_copied_store_keeps_its_day_but_no_diff(written_to_march_9: Settings, tm
 
     copy = load_settings(shutil.copytree(written_to_march_9.home, tmp_path / "copy"))
     config = open_store(copy).config
-    # The copy holds the rows of 9 March, so days since count to that day, but the copied
+    # The copy contains the rows of 9 March, so days since count to that day, but the copied
     # file is not the one the watermark names, so the next write is a full one.
     assert online_as_of_us(config, copy.zone) == epoch_us(feature_timestamp(date(2024, 3, 9), copy.zone))
     assert read_watermark(config) is None

@@ -46,7 +46,7 @@ def test_windowed_join_equals_full_history(core_tiny_home: Settings) -> None:
     _assert_same_rows(windowed, _full_history_join(settings, rows))
 
 
-def test_item_category_is_the_one_seen_the_day_before(core_tiny_home: Settings) -> None:
+def test_item_category_of_day_before(core_tiny_home: Settings) -> None:
     settings = core_tiny_home
     rows = _entity_rows(settings, date(2024, 3, 10))
 
