@@ -36,7 +36,7 @@ from freshrank.config import load_settings  # noqa: E402
 from freshrank.features import feature_timestamp  # noqa: E402
 from freshrank.records import read_record  # noqa: E402
 from freshrank.synthetic import ShopSpec, generate_day  # noqa: E402
-from orchestration.replay import dagster_instance, run_changes  # noqa: E402
+from orchestration.replay import BRANCH_TAG, dagster_instance, run_changes  # noqa: E402
 
 
 def free_port() -> int:
@@ -73,6 +73,20 @@ def wait_for(predicate, timeout: float, what: str):
     raise SystemExit(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def day_timeline(instance, day, landed_epoch: float) -> dict[str, tuple[float, float, str]]:
+    """Return, per finished step of the day's runs, its start after landing, its seconds and its run's branch."""
+    from dagster import RunsFilter
+
+    timeline = {}
+    for record in instance.get_run_records(RunsFilter(tags={"dagster/partition": day.isoformat()})):
+        branch = record.dagster_run.tags.get(BRANCH_TAG, "")
+        for stats in instance.get_run_step_stats(record.dagster_run.run_id):
+            if stats.end_time is None or stats.start_time is None or stats.start_time < landed_epoch:
+                continue
+            timeline[stats.step_key] = (stats.start_time - landed_epoch, stats.end_time - stats.start_time, branch)
+    return timeline
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=100_000, help="Events per synthetic day.")
@@ -107,7 +121,7 @@ def main() -> None:
                 day = spec.start + timedelta(days=index)
                 newest_ts = feature_timestamp(day, settings.zone).timestamp()
                 before = health(port)["model_version"]
-                landed_at = time.perf_counter()
+                landed_at, landed_epoch = time.perf_counter(), time.time()
                 land(settings, spec, index)
 
                 def served():
@@ -118,13 +132,8 @@ def main() -> None:
 
                 state = wait_for(served, 300, f"day {day} to be served")
                 elapsed = time.perf_counter() - landed_at
-                run = dagster_instance(settings).get_run_records(limit=1)[0]
-                # Steps after the deployment (daily_report) may still run when the day is served.
-                steps = {
-                    stats.step_key: stats.end_time - stats.start_time
-                    for stats in dagster_instance(settings).get_run_step_stats(run.dagster_run.run_id)
-                    if stats.end_time is not None and stats.start_time is not None
-                }
+                # Steps after the deployment (shadow, daily_report) may still run when the day is served.
+                steps = day_timeline(dagster_instance(settings), day, landed_epoch)
                 events = (read_record(settings, "events", day) or {}).get("rows_published")
                 measurements.append({"day": day.isoformat(), "events": events, "seconds": elapsed, "model_version": state["model_version"], "steps": steps})
                 print(f"{day}: served after {elapsed:.1f} s (model {state['model_version']})", flush=True)
@@ -138,11 +147,10 @@ def main() -> None:
                     process.kill()
     rows = [[m["day"], m["events"], m["seconds"], m["model_version"]] for m in measurements]
     print_table(f"Freshness: landing to served ({args.events:,} events a day)", ["day", "events", "seconds", "served model"], rows)
-    last = measurements[-1]["steps"]
-    accounted = sum(last.values())
-    step_rows = [[name, seconds] for name, seconds in sorted(last.items(), key=lambda item: -item[1])]
-    step_rows.append(["outside the run (detection, launch, service reload)", measurements[-1]["seconds"] - accounted])
-    print_table("Steps of the last measured day", ["step", "seconds"], step_rows)
+    last = measurements[-1]
+    step_rows = [[name, start, seconds, branch] for name, (start, seconds, branch) in sorted(last["steps"].items(), key=lambda item: item[1][0])]
+    step_rows.append(["served", last["seconds"], None, None])
+    print_table("Timeline of the last measured day (seconds after landing)", ["step", "starts at", "seconds", "run"], step_rows)
     print(f"\nJSON: {write_json('freshness', {'args': {k: str(v) for k, v in vars(args).items()}, 'measurements': measurements})}")
 
 

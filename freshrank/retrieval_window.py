@@ -64,6 +64,11 @@ def _partitions_for(settings: Settings, view: str, day: date, ttl_days: int) -> 
     return [path for path in candidates if path.exists()]
 
 
+def every_view_has_a_partition(settings: Settings) -> bool:
+    """Whether the join has a table for every view; before a home's first features it has none."""
+    return all(any((settings.offline_dir / view).glob("*.parquet")) for view in FEATURE_VIEWS)
+
+
 def _any_partition(settings: Settings, view: str) -> Path:
     """Return one partition of the view: the join needs a table with the view's columns even when no row can match."""
     found = sorted((settings.offline_dir / view).glob("*.parquet"))

@@ -182,13 +182,24 @@ def build_assets(settings: Settings) -> tuple[list[AssetsDefinition], list]:
         write_record(settings, "challenger_model", day, result.to_dict())
         return MaterializeResult(metadata=_challenger_metadata(result))
 
-    @asset(partitions_def=partitions, deps=[training_rows, challenger_model], group_name="model", kinds={"xgboost"})
+    @asset(
+        partitions_def=partitions,
+        deps=[training_rows, challenger_model, "deployment"],
+        group_name="model",
+        kinds={"xgboost"},
+    )
     def shadow_full_retrain(context: AssetExecutionContext, freshrank: FreshrankHome) -> MaterializeResult:
-        """A full retrain on the trailing window, on the policy's schedule, scored next to the champion; never deployed."""
+        """A full retrain on the trailing window, on the policy's schedule, scored next to the champion; never deployed.
+
+        Runs after the deployment, so the day's model is served without waiting for it; the
+        deployed version's lineage gets the shadow's holdout metrics afterwards."""
+        from orchestration.deploy import record_shadow_in_lineage
+
         settings = freshrank.settings()
         day = _day(context)
         result = shadow.shadow_full_retrain(settings, day)
         write_record(settings, shadow.SHADOW_STAGE, day, result.to_dict())
+        record_shadow_in_lineage(settings, day)
         return MaterializeResult(metadata=_shadow_metadata(result))
 
     @asset(partitions_def=partitions, deps=[challenger_model], group_name="model", kinds={"evidently"})

@@ -43,8 +43,6 @@ def lineage_record(settings: Settings, day: date, challenger: dict, drift: dict,
         outcome = validation_outcome(settings, partition["day"])
         partition["validation_report"] = outcome["report"]
         partition["validation"] = outcome
-    shadow_path = record_path(settings, SHADOW_STAGE, day)
-    shadow = read_record(settings, SHADOW_STAGE, day) or {}
     prequential = read_record(settings, "prequential_evaluation", day) or {}
     return {
         "day": day.isoformat(),
@@ -61,15 +59,38 @@ def lineage_record(settings: Settings, day: date, challenger: dict, drift: dict,
             "holdout": challenger.get("challenger_holdout"),
             "champion_holdout": challenger.get("champion_holdout"),
             "champion_prequential": prequential.get("champion_metrics"),
-            "shadow_holdout": shadow.get("shadow_holdout") if shadow.get("due") else None,
+            "shadow_holdout": None,
         },
         "reports": {
             "drift_html": drift.get("html_path"),
             "prequential_evaluation": prequential_record_path(settings, day),
             "challenger_model": str(record_path(settings, CHALLENGER_STAGE, day)),
-            "shadow_full_retrain": str(shadow_path) if shadow_path.exists() else None,
+            "shadow_full_retrain": None,
         },
     }
+
+
+def record_shadow_in_lineage(settings: Settings, day: date) -> None:
+    """Add the day's shadow full retrain to the lineage of the version the day deployed, if any.
+
+    The shadow runs after the deployment (the day's model is served without waiting for
+    it), so the lineage written at deployment leaves the shadow's fields empty.
+    """
+    deployment = read_record(settings, DEPLOYMENT_STAGE, day) or {}
+    version = deployment.get("challenger")
+    if not deployment.get("deploy") or version is None:
+        return
+    shadow = read_record(settings, SHADOW_STAGE, day) or {}
+    registry = lifecycle.registry_for(settings)
+    lineage = dict(registry.metadata(version).get("lineage") or {})
+    if not lineage:
+        return
+    lineage["metrics"] = {
+        **(lineage.get("metrics") or {}),
+        "shadow_holdout": shadow.get("shadow_holdout") if shadow.get("due") else None,
+    }
+    lineage["reports"] = {**(lineage.get("reports") or {}), "shadow_full_retrain": str(record_path(settings, SHADOW_STAGE, day))}
+    registry.update_metadata(version, lineage=lineage)
 
 
 def deploy_day(settings: Settings, day: date) -> dict:

@@ -1,27 +1,36 @@
-"""Replaying landed days through the daily-loop job, one Dagster run per day."""
+"""Replaying landed days through the daily-loop job, in this process, one day after the other."""
 
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date
-
 from typing import Callable
 
 from dagster import AssetCheckKey, AssetKey, DagsterInstance
+from dagster._core.instance.ref import InstanceRef
 
 from freshrank.config import Settings
+from freshrank.retrieval_window import every_view_has_a_partition
 from orchestration.build import DAILY_LOOP_JOB, build_definitions
+from orchestration.stages import day_stages
+
+BRANCH_TAG = "freshrank/branch"
+"""Run tag naming the branch of the day a run executed (``all`` for a single run of the day)."""
+NO_COMPUTE_LOGS = {
+    "compute_logs": {"module": "dagster._core.storage.noop_compute_log_manager", "class": "NoOpComputeLogManager"}
+}
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class DayRun:
-    """Outcome of one day's run of the daily loop."""
+    """Outcome of one day's daily loop: one Dagster run, or one per branch (see ``orchestration.stages``)."""
 
     day: str
-    run_id: str
+    run_ids: tuple[str, ...]
     success: bool
     check_passed: bool | None
     materialized: tuple[str, ...]
@@ -40,42 +49,112 @@ def dagster_instance(settings: Settings) -> DagsterInstance:
             "concurrency:\n  runs:\n"
             f"    max_concurrent_runs: {settings.orchestration.max_concurrent_runs}\n"
         )
-    return DagsterInstance.from_config(str(home))
+    if not settings.orchestration.concurrent_branches:
+        return DagsterInstance.from_config(str(home))
+    # Concurrent runs in one process share its stdout and stderr. Dagster's capture of an
+    # in-process run swaps the process's file descriptors, and two runs restoring them out
+    # of order leave this process writing into a run's log file, so these runs capture
+    # nothing (their Python logs are kept in the event log as always).
+    instance = DagsterInstance.from_ref(InstanceRef.from_dir(str(home), overrides=NO_COMPUTE_LOGS))
+    if not instance.get_python_log_dagster_handler_config():
+        # Dagster calls logging.config.dictConfig at the start of every run, even with no
+        # handlers configured; that takes the logging module's lock and then each handler's,
+        # and deadlocks with a concurrent run of this process that is logging. Without
+        # configured handlers the call only closes the process's handlers, so skip it.
+        instance.get_yaml_python_handlers = lambda: []
+    return instance
 
 
 def run_day(
-    settings: Settings, day: date, instance: DagsterInstance, defs=None, assets: list[AssetKey] | None = None
+    settings: Settings,
+    day: date,
+    instance: DagsterInstance,
+    defs=None,
+    assets: list[AssetKey] | None = None,
 ) -> DayRun:
     """Run the daily loop (or the given assets of it) for one partition.
 
     A failed blocking check skips everything that depends on the checked asset.
+
+    Args:
+        settings: Settings of the home.
+        day: The partition.
+        instance: The home's Dagster instance.
+        defs: The home's definitions; built when not given.
+        assets: The assets to run; default all.
+
+    With ``orchestration.concurrent_branches`` (the default) the day runs as an ingest
+    run, then the online write and the model branch as two concurrent runs, then a deploy
+    run (``orchestration.stages``); the instance must come from ``dagster_instance`` with
+    the same setting. Otherwise the day is one run of all the assets.
     """
     defs = defs or build_definitions(settings)
+    if not settings.orchestration.concurrent_branches:
+        return _day_run(day, [_execute(defs, day, instance, assets, "all")])
+    # The model branch joins training rows against the feature partitions; on a home's
+    # first day there are none until the online branch has computed the day's own.
+    concurrent = every_view_has_a_partition(settings)
+    results = []
+    for stage in day_stages(defs, assets):
+        if len(stage) == 1 or not concurrent:
+            for branch in stage:
+                results.append(_execute(defs, day, instance, branch.assets, branch.name))
+                if not results[-1].success:
+                    break
+        else:
+            with ThreadPoolExecutor(max_workers=len(stage), thread_name_prefix=f"freshrank-{day}") as pool:
+                futures = [pool.submit(_execute, defs, day, instance, b.assets, b.name) for b in stage]
+                results.extend(future.result() for future in futures)
+        if not all(result.success for result in results) or _check_passed(results) is False:
+            break
+    return _day_run(day, results)
+
+
+def _execute(defs, day: date, instance: DagsterInstance, assets, branch: str):
+    """Execute one Dagster run of the daily-loop job for ``day`` in this process."""
     job = defs.resolve_job_def(DAILY_LOOP_JOB)
     result = job.execute_in_process(
         partition_key=day.isoformat(),
         instance=instance,
         raise_on_error=False,
-        asset_selection=assets,
+        asset_selection=None if assets is None else list(assets),
+        tags={BRANCH_TAG: branch},
         run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
     )
-    materialized = tuple(
-        sorted(event.asset_key.to_user_string() for event in result.get_asset_materialization_events())
-    )
-    check_passed = None
-    for evaluation in result.get_asset_check_evaluations():
-        if evaluation.asset_check_key == AssetCheckKey.from_user_string("increment:check_increment_valid"):
-            check_passed = evaluation.passed
-    step_seconds = {
-        event.step_key: event.event_specific_data.duration_ms / 1000.0
-        for event in result.all_events
-        if event.is_step_success
-    }
     if not result.success:
         for event in result.all_events:
             if event.is_step_failure:
                 logger.error("day %s step %s failed: %s", day, event.step_key, event.event_specific_data.error)
-    return DayRun(day.isoformat(), result.run_id, result.success, check_passed, materialized, step_seconds)
+    return result
+
+
+def _check_passed(results) -> bool | None:
+    """Return the outcome of the increment's validation check in these runs, None when it did not run."""
+    for result in results:
+        for evaluation in result.get_asset_check_evaluations():
+            if evaluation.asset_check_key == AssetCheckKey.from_user_string("increment:check_increment_valid"):
+                return evaluation.passed
+    return None
+
+
+def _day_run(day: date, results) -> DayRun:
+    materialized = tuple(
+        sorted(
+            event.asset_key.to_user_string()
+            for result in results
+            for event in result.get_asset_materialization_events()
+        )
+    )
+    step_seconds = {
+        event.step_key: event.event_specific_data.duration_ms / 1000.0
+        for result in results
+        for event in result.all_events
+        if event.is_step_success
+    }
+    success = all(result.success for result in results)
+    return DayRun(
+        day.isoformat(), tuple(r.run_id for r in results), success, _check_passed(results), materialized, step_seconds
+    )
 
 
 def replay(
@@ -91,8 +170,6 @@ def replay(
         if on_day is not None:
             on_day(outcome)
     return runs
-
-
 
 
 def run_changes(

@@ -182,6 +182,20 @@ def test_shadow_numbers_recorded(policy_home):
     assert record["lead_over_champion"] == pytest.approx(metric)
 
 
+def test_shadow_added_to_deployed_lineage(policy_home):
+    # The shadow runs after the deployment, then fills its fields of the deployed version's lineage.
+    registry = policy.registry_for(policy_home)
+    for index, due in ((3, True), (5, False)):
+        deployment = read_record(policy_home, "deployment", _day(index))
+        assert deployment["deploy"] is True
+        lineage = registry.metadata(deployment["challenger"])["lineage"]
+        record = read_record(policy_home, shadow.SHADOW_STAGE, _day(index))
+        assert record["due"] is due
+        expected = record["shadow_holdout"] if due else None
+        assert lineage["metrics"]["shadow_holdout"] == expected
+        assert lineage["reports"]["shadow_full_retrain"].endswith(f"{_day(index).isoformat()}.json")
+
+
 def test_shadow_metadata_in_dagster(policy_home):
     instance = DagsterInstance.from_config(str(policy_home.dagster_home))
     found = instance.fetch_materializations(

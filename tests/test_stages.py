@@ -1,0 +1,108 @@
+"""A day as concurrent branch runs: the split, and the same results as one run of the day."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import date
+
+import pandas as pd
+import pytest
+from dagster import AssetKey, RunsFilter
+
+from freshrank.config import OrchestrationConfig, load_settings, save_settings
+from freshrank.importers.landing import write_day
+from freshrank.records import read_record
+from freshrank.synthetic import ShopSpec, generate_day
+from freshrank.training_rows import read_training_rows
+from models.policy import registry_for
+from orchestration.build import build_definitions
+from orchestration.replay import BRANCH_TAG, dagster_instance, replay
+from orchestration.stages import day_stages
+
+SHOP = ShopSpec(days=3, users=200, items=60, seed=8, events_per_day=2500)
+VIEWS = {"user_features", "item_features", "user_item_features", "user_category_features"}
+
+
+def _names(stages) -> list[list[tuple[str, set[str]]]]:
+    return [[(branch.name, {key.to_user_string() for key in branch.assets}) for branch in stage] for stage in stages]
+
+
+def test_day_splits_into_ingest_two_branches_and_deploy(tmp_path):
+    defs = build_definitions(load_settings(tmp_path / "home"))
+    assert _names(day_stages(defs)) == [
+        [("ingest", {"increment", "events"})],
+        [
+            ("online", VIEWS | {"online_features"}),
+            ("model", {"training_rows", "prequential_evaluation", "challenger_model", "prediction_drift"}),
+        ],
+        [("deploy", {"deployment", "shadow_full_retrain", "daily_report"})],
+    ]
+
+
+def test_selection_keeps_only_selected_branches(tmp_path):
+    defs = build_definitions(load_settings(tmp_path / "home"))
+    selection = [AssetKey("training_rows"), AssetKey("challenger_model"), AssetKey("deployment")]
+    assert _names(day_stages(defs, selection)) == [
+        [("model", {"training_rows", "challenger_model"})],
+        [("deploy", {"deployment"})],
+    ]
+
+
+def _replayed_home(root, concurrent: bool):
+    settings = load_settings(root / "home")
+    save_settings(settings.model_copy(update={"orchestration": OrchestrationConfig(concurrent_branches=concurrent)}))
+    settings = load_settings(settings.home)
+    for index in range(SHOP.days):
+        write_day(settings.landing_dir, SHOP.day(index).isoformat(), generate_day(SHOP, index))
+    runs = replay(settings, [SHOP.day(index) for index in range(SHOP.days)])
+    assert [run.day for run in runs if not run.success] == []
+    return settings, runs
+
+
+@pytest.fixture(scope="module")
+def both_homes(tmp_path_factory):
+    return _replayed_home(tmp_path_factory.mktemp("concurrent"), True), _replayed_home(tmp_path_factory.mktemp("serial"), False)
+
+
+def test_concurrent_day_is_four_tagged_runs(both_homes):
+    (concurrent, runs), (serial, serial_runs) = both_homes
+    assert [len(run.run_ids) for run in serial_runs] == [1, 1, 1]
+    # The first day runs its branches one after the other (no feature partition to join yet).
+    assert [len(run.run_ids) for run in runs] == [4, 4, 4]
+    instance = dagster_instance(concurrent)
+    day = SHOP.day(2).isoformat()
+    records = instance.get_run_records(RunsFilter(tags={"dagster/partition": day}))
+    assert sorted(record.dagster_run.tags[BRANCH_TAG] for record in records) == ["deploy", "ingest", "model", "online"]
+    assert set(runs[2].materialized) == set(serial_runs[2].materialized)
+
+
+def test_concurrent_branches_reach_the_same_state(both_homes):
+    (concurrent, _), (serial, _) = both_homes
+    days = [SHOP.day(index) for index in range(SHOP.days)]
+    pd.testing.assert_frame_equal(read_training_rows(concurrent, days), read_training_rows(serial, days))
+
+    def champion_bytes(settings) -> str:
+        registry = registry_for(settings)
+        return hashlib.sha256(bytes(registry.load(registry.champion()).save_raw("json"))).hexdigest()
+
+    assert champion_bytes(concurrent) == champion_bytes(serial)
+    for day in days:
+        first, second = (read_record(s, "online_features", day) for s in (concurrent, serial))
+        assert first["rows_written"] == second["rows_written"]
+        assert first["probe_mismatches"] == 0
+        assert read_record(concurrent, "deployment", day)["deploy"] == read_record(serial, "deployment", day)["deploy"]
+
+
+def test_failed_model_branch_skips_the_deploy_run(tmp_path):
+    settings = load_settings(tmp_path / "home")
+    for index in range(2):
+        write_day(settings.landing_dir, SHOP.day(index).isoformat(), generate_day(SHOP, index))
+    assert replay(settings, [SHOP.day(0)])[0].success
+    # An unreadable registry file fails the challenger; the online branch still completes.
+    registry = registry_for(settings)
+    (registry.root / "champion.json").write_text("{not json")
+    run = replay(settings, [SHOP.day(1)])[0]
+    assert not run.success
+    assert "online_features" in run.materialized
+    assert "deployment" not in run.materialized
+    assert read_record(settings, "deployment", date.fromisoformat(SHOP.day(1).isoformat())) is None
