@@ -202,13 +202,26 @@ def build_assets(settings: Settings) -> tuple[list[AssetsDefinition], list]:
         record_shadow_in_lineage(settings, day)
         return MaterializeResult(metadata=_shadow_metadata(result))
 
-    @asset(partitions_def=partitions, deps=[challenger_model], group_name="model", kinds={"evidently"})
+    # Drift gates the deployment only with gate.block_on_drift. Otherwise it is monitoring,
+    # and runs after the deployment so the day's model is served without waiting for it.
+    drift_blocks = settings.gate.block_on_drift
+
+    @asset(
+        partitions_def=partitions,
+        deps=[challenger_model] if drift_blocks else [challenger_model, "deployment"],
+        group_name="model",
+        kinds={"evidently"},
+    )
     def prediction_drift(context: AssetExecutionContext, freshrank: FreshrankHome) -> MaterializeResult:
         """Evidently drift of the day's features and predictions against the reference window."""
+        from orchestration.deploy import record_drift_in_lineage
+
         settings = freshrank.settings()
         day = _day(context)
         record = _drift_record(settings, day)
         write_record(settings, "prediction_drift", day, record)
+        if not settings.gate.block_on_drift:
+            record_drift_in_lineage(settings, day)
         metadata = clean_metadata({k: v for k, v in record.items() if k not in ("columns", "drifted_columns")})
         metadata["drifted_columns"] = MetadataValue.json(record.get("drifted_columns", []))
         if record.get("html_path"):
@@ -217,7 +230,7 @@ def build_assets(settings: Settings) -> tuple[list[AssetsDefinition], list]:
 
     @asset(
         partitions_def=partitions,
-        deps=[challenger_model, prediction_drift, prequential_evaluation, online_features],
+        deps=[challenger_model, prequential_evaluation, online_features] + ([prediction_drift] if drift_blocks else []),
         group_name="deployment",
         kinds={"xgboost"},
     )

@@ -35,7 +35,8 @@ def lineage_record(settings: Settings, day: date, challenger: dict, drift: dict,
         settings: Settings of the home.
         day: The partition the challenger was trained for.
         challenger: The day's ``challenger_model`` record.
-        drift: The day's ``prediction_drift`` record (empty when none ran).
+        drift: The day's ``prediction_drift`` record; empty when none ran, or when the check
+            does not block and so runs after the deployment.
         decision: The gate decision as a dict.
     """
     partitions = partition_versions(settings, challenger.get("training_days", []))
@@ -60,6 +61,7 @@ def lineage_record(settings: Settings, day: date, challenger: dict, drift: dict,
             "champion_holdout": challenger.get("champion_holdout"),
             "champion_prequential": prequential.get("champion_metrics"),
             "shadow_holdout": None,
+            "drift_share": drift.get("drift_share"),
         },
         "reports": {
             "drift_html": drift.get("html_path"),
@@ -76,20 +78,38 @@ def record_shadow_in_lineage(settings: Settings, day: date) -> None:
     The shadow runs after the deployment (the day's model is served without waiting for
     it), so the lineage written at deployment leaves the shadow's fields empty.
     """
+    shadow = read_record(settings, SHADOW_STAGE, day) or {}
+    _add_to_deployed_lineage(
+        settings,
+        day,
+        metrics={"shadow_holdout": shadow.get("shadow_holdout") if shadow.get("due") else None},
+        reports={"shadow_full_retrain": str(record_path(settings, SHADOW_STAGE, day))},
+    )
+
+
+def record_drift_in_lineage(settings: Settings, day: date) -> None:
+    """Add the day's drift share and report to the lineage of the version the day deployed, if any.
+
+    Without ``gate.block_on_drift`` the drift check runs after the deployment, so the
+    lineage written at deployment leaves its fields empty.
+    """
+    drift = read_record(settings, DRIFT_STAGE, day) or {}
+    _add_to_deployed_lineage(
+        settings, day, metrics={"drift_share": drift.get("drift_share")}, reports={"drift_html": drift.get("html_path")}
+    )
+
+
+def _add_to_deployed_lineage(settings: Settings, day: date, metrics: dict, reports: dict) -> None:
     deployment = read_record(settings, DEPLOYMENT_STAGE, day) or {}
     version = deployment.get("challenger")
     if not deployment.get("deploy") or version is None:
         return
-    shadow = read_record(settings, SHADOW_STAGE, day) or {}
     registry = lifecycle.registry_for(settings)
     lineage = dict(registry.metadata(version).get("lineage") or {})
     if not lineage:
         return
-    lineage["metrics"] = {
-        **(lineage.get("metrics") or {}),
-        "shadow_holdout": shadow.get("shadow_holdout") if shadow.get("due") else None,
-    }
-    lineage["reports"] = {**(lineage.get("reports") or {}), "shadow_full_retrain": str(record_path(settings, SHADOW_STAGE, day))}
+    lineage["metrics"] = {**(lineage.get("metrics") or {}), **metrics}
+    lineage["reports"] = {**(lineage.get("reports") or {}), **reports}
     registry.update_metadata(version, lineage=lineage)
 
 
@@ -101,7 +121,9 @@ def deploy_day(settings: Settings, day: date) -> dict:
         challenger_record = lifecycle.ChallengerResult(
             day.isoformat(), None, None, None, skipped_reason=f"no challenger_model record for {day}"
         ).to_dict()
-    drift = read_record(settings, DRIFT_STAGE, day) or {}
+    # A drift record of this day that does not block was written by an earlier run: the
+    # day's own check runs after this deployment and adds itself to the lineage.
+    drift = (read_record(settings, DRIFT_STAGE, day) or {}) if settings.gate.block_on_drift else {}
     challenger = lifecycle.ChallengerResult(**challenger_record)
 
     predictions = None

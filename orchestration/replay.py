@@ -58,9 +58,9 @@ def dagster_instance(settings: Settings) -> DagsterInstance:
     instance = DagsterInstance.from_ref(InstanceRef.from_dir(str(home), overrides=NO_COMPUTE_LOGS))
     if not instance.get_python_log_dagster_handler_config():
         # Dagster calls logging.config.dictConfig at the start of every run, even with no
-        # handlers configured; that takes the logging module's lock and then each handler's,
-        # and deadlocks with a concurrent run of this process that is logging. Without
-        # configured handlers the call only closes the process's handlers, so skip it.
+        # handlers configured. The call takes the logging module's lock and then each
+        # handler's, so it deadlocks with a concurrent run of this process that is logging.
+        # Without configured handlers it only closes the process's handlers: skip it.
         instance.get_yaml_python_handlers = lambda: []
     return instance
 
@@ -91,8 +91,8 @@ def run_day(
     defs = defs or build_definitions(settings)
     if not settings.orchestration.concurrent_branches:
         return _day_run(day, [_execute(defs, day, instance, assets, "all")])
-    # The model branch joins training rows against the feature partitions; on a home's
-    # first day there are none until the online branch has computed the day's own.
+    # The model branch joins training rows against the feature partitions. A home's first
+    # day has none until the online branch computes the day's own, so it runs them in turn.
     concurrent = every_view_has_a_partition(settings)
     results = []
     for stage in day_stages(defs, assets):

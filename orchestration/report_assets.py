@@ -56,7 +56,7 @@ def build_report_assets(settings: Settings, partitions: PartitionsDefinition | N
     @asset(
         name=DAILY_REPORT,
         partitions_def=partitions,
-        deps=[AssetDep("deployment"), AssetDep("online_features")],
+        deps=[AssetDep("deployment"), AssetDep("online_features"), AssetDep("prediction_drift")],
         group_name=REPORT_GROUP,
         kinds={"matplotlib", "html"},
     )

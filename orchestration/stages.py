@@ -1,7 +1,7 @@
 """Stages of one day's run: the online write and the model branch execute concurrently.
 
 A day's assets form two branches once the increment is ingested. The feature views and
-the online write need the day's events; the training rows need the day's events and the
+the online write need the day's events. The training rows need the day's events and the
 feature views of the day before, so the model branch (training rows, prequential
 evaluation, challenger, drift) does not wait for the day's features. The deployment
 waits for both, so the new model is never served next to yesterday's online features.

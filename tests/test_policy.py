@@ -183,7 +183,7 @@ def test_shadow_numbers_recorded(policy_home):
 
 
 def test_shadow_added_to_deployed_lineage(policy_home):
-    # The shadow runs after the deployment, then fills its fields of the deployed version's lineage.
+    # The shadow runs after the deployment, then fills its lineage fields.
     registry = policy.registry_for(policy_home)
     for index, due in ((3, True), (5, False)):
         deployment = read_record(policy_home, "deployment", _day(index))
@@ -194,6 +194,17 @@ def test_shadow_added_to_deployed_lineage(policy_home):
         expected = record["shadow_holdout"] if due else None
         assert lineage["metrics"]["shadow_holdout"] == expected
         assert lineage["reports"]["shadow_full_retrain"].endswith(f"{_day(index).isoformat()}.json")
+
+
+def test_drift_added_to_deployed_lineage(policy_home):
+    # Drift that does not block runs after the deployment, then fills its lineage fields.
+    registry = policy.registry_for(policy_home)
+    deployment = read_record(policy_home, "deployment", _day(5))
+    drift = read_record(policy_home, "prediction_drift", _day(5))
+    lineage = registry.metadata(deployment["challenger"])["lineage"]
+    assert drift["drift_share"] is not None
+    assert lineage["metrics"]["drift_share"] == drift["drift_share"]
+    assert lineage["reports"]["drift_html"] == drift["html_path"]
 
 
 def test_shadow_metadata_in_dagster(policy_home):

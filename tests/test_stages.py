@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from dagster import AssetKey, RunsFilter
 
-from freshrank.config import OrchestrationConfig, load_settings, save_settings
+from freshrank.config import GateConfig, OrchestrationConfig, load_settings, save_settings
 from freshrank.importers.landing import write_day
 from freshrank.records import read_record
 from freshrank.synthetic import ShopSpec, generate_day
@@ -27,19 +27,27 @@ def _names(stages) -> list[list[tuple[str, set[str]]]]:
     return [[(branch.name, {key.to_user_string() for key in branch.assets}) for branch in stage] for stage in stages]
 
 
-def test_day_splits_into_ingest_two_branches_and_deploy(tmp_path):
+def test_stages_of_whole_day(tmp_path):
     defs = build_definitions(load_settings(tmp_path / "home"))
     assert _names(day_stages(defs)) == [
         [("ingest", {"increment", "events"})],
         [
             ("online", VIEWS | {"online_features"}),
-            ("model", {"training_rows", "prequential_evaluation", "challenger_model", "prediction_drift"}),
+            ("model", {"training_rows", "prequential_evaluation", "challenger_model"}),
         ],
-        [("deploy", {"deployment", "shadow_full_retrain", "daily_report"})],
+        [("deploy", {"deployment", "prediction_drift", "shadow_full_retrain", "daily_report"})],
     ]
 
 
-def test_selection_keeps_only_selected_branches(tmp_path):
+def test_blocking_drift_joins_model_branch(tmp_path):
+    settings = load_settings(tmp_path / "home")
+    settings = settings.model_copy(update={"gate": GateConfig(block_on_drift=True)})
+    stages = _names(day_stages(build_definitions(settings)))
+    assert stages[1][1] == ("model", {"training_rows", "prequential_evaluation", "challenger_model", "prediction_drift"})
+    assert stages[2] == [("deploy", {"deployment", "shadow_full_retrain", "daily_report"})]
+
+
+def test_stages_of_selection(tmp_path):
     defs = build_definitions(load_settings(tmp_path / "home"))
     selection = [AssetKey("training_rows"), AssetKey("challenger_model"), AssetKey("deployment")]
     assert _names(day_stages(defs, selection)) == [
@@ -64,7 +72,7 @@ def both_homes(tmp_path_factory):
     return _replayed_home(tmp_path_factory.mktemp("concurrent"), True), _replayed_home(tmp_path_factory.mktemp("serial"), False)
 
 
-def test_concurrent_day_is_four_tagged_runs(both_homes):
+def test_day_is_four_tagged_runs(both_homes):
     (concurrent, runs), (serial, serial_runs) = both_homes
     assert [len(run.run_ids) for run in serial_runs] == [1, 1, 1]
     # The first day runs its branches one after the other (no feature partition to join yet).
@@ -76,7 +84,7 @@ def test_concurrent_day_is_four_tagged_runs(both_homes):
     assert set(runs[2].materialized) == set(serial_runs[2].materialized)
 
 
-def test_concurrent_branches_reach_the_same_state(both_homes):
+def test_branches_match_single_run(both_homes):
     (concurrent, _), (serial, _) = both_homes
     days = [SHOP.day(index) for index in range(SHOP.days)]
     pd.testing.assert_frame_equal(read_training_rows(concurrent, days), read_training_rows(serial, days))
@@ -93,7 +101,7 @@ def test_concurrent_branches_reach_the_same_state(both_homes):
         assert read_record(concurrent, "deployment", day)["deploy"] == read_record(serial, "deployment", day)["deploy"]
 
 
-def test_failed_model_branch_skips_the_deploy_run(tmp_path):
+def test_failed_branch_skips_deploy(tmp_path):
     settings = load_settings(tmp_path / "home")
     for index in range(2):
         write_day(settings.landing_dir, SHOP.day(index).isoformat(), generate_day(SHOP, index))

@@ -1,0 +1,38 @@
+"""docs/configuration.md shows the defaults of freshrank/config.py."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from freshrank.config import Settings
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+EXAMPLE_ONLY = {"timezone", "start_day"}
+"""Keys the page sets to example values rather than their defaults."""
+
+
+def _documented() -> dict:
+    block = re.search(r"```yaml\n(.*?)```", DOC.read_text(), re.S)
+    assert block is not None, f"{DOC} has no yaml block"
+    return yaml.safe_load(block.group(1))
+
+
+def test_documented_values_are_the_defaults(tmp_path):
+    defaults = Settings(home=tmp_path).model_dump(mode="json")
+    documented = _documented()
+    mismatches = []
+    for section, values in documented.items():
+        if section in EXAMPLE_ONLY:
+            continue
+        for key, value in values.items():
+            if defaults[section][key] != value:
+                mismatches.append(f"{section}.{key}: page {value!r}, default {defaults[section][key]!r}")
+    assert mismatches == []
+
+
+def test_documented_example_loads(tmp_path):
+    settings = Settings(home=tmp_path, **_documented())
+    assert settings.orchestration.concurrent_branches is True
