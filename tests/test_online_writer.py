@@ -1,0 +1,62 @@
+"""The bulk writer's entity keys and newest-row selection against Feast's own helpers."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pyarrow as pa
+import pytest
+from feast.infra.key_encoding_utils import serialize_entity_key
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
+from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+
+from freshrank.online_writer import newest_rows, serialized_entity_keys
+
+
+def _feast_key(join_keys: list[str], values: list[str]) -> bytes:
+    proto = EntityKeyProto(join_keys=join_keys, entity_values=[ValueProto(string_val=value) for value in values])
+    return serialize_entity_key(proto, entity_key_serialization_version=3)
+
+
+@pytest.mark.parametrize(
+    "join_keys",
+    [["user_id"], ["user_id", "item_id"], ["user_id", "category"]],
+)
+def test_keys_equal_feast_serialization(join_keys):
+    rows = [[f"u{i}", f"é-{i * 7}", ""] for i in range(20)]
+    table = pa.table({key: [row[index] for row in rows] for index, key in enumerate(join_keys)})
+    keys = serialized_entity_keys(table, join_keys, 3)
+    expected = [_feast_key(join_keys, [row[index] for index in range(len(join_keys))]) for row in rows]
+    assert keys == expected
+
+
+def test_keys_of_empty_table():
+    assert serialized_entity_keys(pa.table({"user_id": pa.array([], pa.string())}), ["user_id"], 3) == []
+
+
+def test_newest_row_per_entity_kept():
+    stamp = [datetime(2024, 1, day, tzinfo=timezone.utc) for day in (1, 3, 2, 1, 2)]
+    table = pa.table(
+        {
+            "user_id": ["a", "a", "a", "b", "b"],
+            "event_timestamp": stamp,
+            "created_timestamp": stamp,
+            "value": [1.0, 3.0, 2.0, 4.0, 5.0],
+        }
+    )
+    newest = newest_rows(table, ["user_id"]).to_pydict()
+    assert dict(zip(newest["user_id"], newest["value"])) == {"a": 3.0, "b": 5.0}
+    assert newest_rows(table, ["user_id"]).column_names == table.column_names
+
+
+def test_created_timestamp_breaks_ties():
+    event = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    table = pa.table(
+        {
+            "user_id": ["a", "a"],
+            "event_timestamp": [event, event],
+            "created_timestamp": [datetime(2024, 1, 2, tzinfo=timezone.utc), datetime(2024, 1, 5, tzinfo=timezone.utc)],
+            "value": [1.0, 2.0],
+        }
+    )
+    assert newest_rows(table, ["user_id"]).column("value").to_pylist() == [2.0]
