@@ -73,6 +73,15 @@ def wait_for(predicate, timeout: float, what: str):
     raise SystemExit(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def deploy_run_finished(instance, day) -> bool:
+    """Whether the day's deploy run (shadow, drift, report after the deployment) has finished."""
+    from dagster import DagsterRunStatus, RunsFilter
+
+    done = [DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED]
+    records = instance.get_run_records(RunsFilter(tags={"dagster/partition": day.isoformat(), BRANCH_TAG: "deploy"}, statuses=done))
+    return bool(records)
+
+
 def day_timeline(instance, day, landed_epoch: float) -> dict[str, tuple[float, float, str]]:
     """Return, per finished step of the day's runs, its start after landing, its seconds and its run's branch."""
     from dagster import RunsFilter
@@ -133,6 +142,9 @@ def main() -> None:
                 state = wait_for(served, 300, f"day {day} to be served")
                 elapsed = time.perf_counter() - landed_at
                 # Steps after the deployment (shadow, daily_report) may still run when the day is served.
+                # Days land a day apart in production: let the watcher finish the steps after
+                # the deployment before the next day lands, so they do not delay its start.
+                wait_for(lambda: deploy_run_finished(dagster_instance(settings), day), 300, f"the runs of {day} to finish")
                 steps = day_timeline(dagster_instance(settings), day, landed_epoch)
                 events = (read_record(settings, "events", day) or {}).get("rows_published")
                 measurements.append({"day": day.isoformat(), "events": events, "seconds": elapsed, "model_version": state["model_version"], "steps": steps})
@@ -148,8 +160,9 @@ def main() -> None:
     rows = [[m["day"], m["events"], m["seconds"], m["model_version"]] for m in measurements]
     print_table(f"Freshness: landing to served ({args.events:,} events a day)", ["day", "events", "seconds", "served model"], rows)
     last = measurements[-1]
-    step_rows = [[name, start, seconds, branch] for name, (start, seconds, branch) in sorted(last["steps"].items(), key=lambda item: item[1][0])]
-    step_rows.append(["served", last["seconds"], None, None])
+    timeline = [(start, name, seconds, branch) for name, (start, seconds, branch) in last["steps"].items()]
+    timeline.append((last["seconds"], "served", None, None))
+    step_rows = [[name, start, seconds, branch] for start, name, seconds, branch in sorted(timeline, key=lambda row: row[0])]
     print_table("Timeline of the last measured day (seconds after landing)", ["step", "starts at", "seconds", "run"], step_rows)
     print(f"\nJSON: {write_json('freshness', {'args': {k: str(v) for k, v in vars(args).items()}, 'measurements': measurements})}")
 

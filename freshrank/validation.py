@@ -232,6 +232,11 @@ def _gx_runtime() -> _GxRuntime:
         return _runtime
 
 
+def warm_up() -> None:
+    """Create the Great Expectations runtime now, so the first validation does not pay for it."""
+    _gx_runtime()
+
+
 @functools.lru_cache(maxsize=4)
 def _load_suite_template(path: Path) -> dict:
     try:

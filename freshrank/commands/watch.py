@@ -14,6 +14,15 @@ from freshrank.cli import HomeOption, _settings, app, console
 logger = logging.getLogger(__name__)
 
 
+def _warm_up() -> None:
+    """Load, before the first day lands, what its steps would load on the way to serving it."""
+    import evidently.presets  # noqa: F401  (drift)
+    import freshrank.report  # noqa: F401  (daily report)
+    from freshrank.validation import warm_up
+
+    warm_up()
+
+
 @app.command()
 def watch(
     interval: float = typer.Option(2.0, help="Seconds between two looks at the landing folder."),
@@ -31,6 +40,7 @@ def watch(
     settings = _settings(home)
     instance = dagster_instance(settings)
     defs = build_definitions(settings)
+    _warm_up()
     console.print(f"watching {settings.landing_dir} every {interval:g} s")
     while True:
         started = time.perf_counter()
