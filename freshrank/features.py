@@ -230,6 +230,17 @@ _VIEW_SQL = {
 }
 
 
+def _view_sql(view: str, day: date, config: FeatureConfig, previous: Path | None) -> str:
+    """Return the query of a view's partition: from the day before where that is exact, else over the window."""
+    if view == "user_item_features" and previous is not None and previous.stem == (day - timedelta(days=1)).isoformat():
+        from freshrank.window_update import user_item_update_sql
+
+        query = user_item_update_sql(day, config, previous)
+        if query is not None:
+            return query
+    return _VIEW_SQL[view](day, config)
+
+
 def partition_path(offline_dir: Path, view: str, day: date) -> Path:
     """Return the Parquet file of one view's partition for ``day``."""
     return offline_dir / view / f"{day.isoformat()}.parquet"
@@ -270,7 +281,8 @@ def write_feature_partition(
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(f".{target.name}.tmp")
     as_of = feature_timestamp(day, zone)
-    query = _with_expiry_rows(_VIEW_SQL[view](day, config), view, previous_partition(offline_dir, view, day))
+    previous = previous_partition(offline_dir, view, day)
+    query = _with_expiry_rows(_view_sql(view, day, config, previous), view, previous)
     with connect(warehouse, read_only=True) as con:
         con.execute(
             f"COPY (SELECT *, $as_of::TIMESTAMPTZ AS created_timestamp FROM ({query}) ORDER BY ALL) "
