@@ -19,6 +19,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import date, timedelta
 from pathlib import Path
@@ -51,6 +52,43 @@ def stage_split(step_seconds: dict[str, float]) -> dict[str, float]:
     return split
 
 
+class RssSampler:
+    """Resident memory of this process every 0.1 s, from /proc, in a background thread."""
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        page_mib = os.sysconf("SC_PAGE_SIZE") / 2**20
+        while not self._stop.wait(0.1):
+            with open("/proc/self/statm") as statm:
+                self.samples.append((time.time(), int(statm.read().split()[1]) * page_mib))
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def peak_between(self, start: float, end: float) -> float | None:
+        inside = [rss for at, rss in self.samples if start <= at <= end]
+        return max(inside) if inside else None
+
+
+def stage_peaks(step_peaks: dict[str, float | None]) -> dict[str, float]:
+    """Return the highest resident memory seen during the steps of each stage, in MiB."""
+    peaks: dict[str, float] = {}
+    for step, peak in step_peaks.items():
+        stage = next((name for name, steps in STAGES.items() if any(step.endswith(key) for key in steps)), step)
+        if peak is not None:
+            peaks[stage] = max(peaks.get(stage, 0.0), peak)
+    return peaks
+
+
 def run_one_day(home: Path, day: date) -> None:
     """Run one day's daily loop in this process and print its measurements as one JSON line."""
     os.environ["FRESHRANK_HOME"] = str(home)
@@ -58,11 +96,20 @@ def run_one_day(home: Path, day: date) -> None:
     from orchestration.replay import dagster_instance, run_day
 
     settings = load_settings(home)
+    instance = dagster_instance(settings)
     start = time.perf_counter()
-    outcome = run_day(settings, day, dagster_instance(settings))
+    with RssSampler() as sampler:
+        outcome = run_day(settings, day, instance)
     wall = time.perf_counter() - start
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"day": day.isoformat(), "success": outcome.success, "wall_seconds": wall, "peak_rss_mib": peak_kib / 1024, "steps": outcome.step_seconds}))
+    # Steps of concurrent branches overlap, so a step's peak includes what the other branch held.
+    step_peaks = {
+        stats.step_key: sampler.peak_between(stats.start_time, stats.end_time)
+        for run_id in outcome.run_ids
+        for stats in instance.get_run_step_stats(run_id)
+        if stats.start_time is not None and stats.end_time is not None
+    }
+    print(json.dumps({"day": day.isoformat(), "success": outcome.success, "wall_seconds": wall, "peak_rss_mib": peak_kib / 1024, "steps": outcome.step_seconds, "step_peak_mib": step_peaks}))
 
 
 def land_day(home: Path, spec, index: int) -> int:
@@ -106,6 +153,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=400_000, help="Users of the synthetic shop.")
     parser.add_argument("--items", type=int, default=50_000, help="Items of the synthetic shop.")
     parser.add_argument("--home", type=Path, default=None, help="Home to build (default: a temporary folder, removed at the end).")
+    parser.add_argument("--from-day", type=int, default=1, help="First day to land and run; the days before it must be in --home.")
     parser.add_argument("--one-day", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one_day:
@@ -118,17 +166,21 @@ def main() -> None:
     measured = []
     with tempfile.TemporaryDirectory() as tmp:
         home = args.home or Path(tmp) / "home"
-        for index in range(args.days):
+        for index in range(args.from_day - 1, args.days):
             events = land_day(home, spec, index)
             entry = measure_day(home, spec.start + timedelta(days=index))
             entry["events"] = events
             entry["stages"] = stage_split(entry.pop("steps"))
+            entry["stage_peak_mib"] = stage_peaks(entry.pop("step_peak_mib"))
             measured.append(entry)
             print(f"day {index + 1}: {events:,} events, {entry['wall_seconds']:.1f} s, peak {entry['peak_rss_mib']:,.0f} MiB", flush=True)
             write_json("scale", {"args": {k: str(v) for k, v in vars(args).items()}, "days": measured, "flatness": flatness(measured)})
     header = ["day", "events", "wall s", "peak MiB", *STAGES]
-    rows = [[index + 1, e["events"], e["wall_seconds"], e["peak_rss_mib"], *[e["stages"].get(stage, 0.0) for stage in STAGES]] for index, e in enumerate(measured)]
+    first = args.from_day
+    rows = [[first + index, e["events"], e["wall_seconds"], e["peak_rss_mib"], *[e["stages"].get(stage, 0.0) for stage in STAGES]] for index, e in enumerate(measured)]
     print_table(f"One new day as history grows ({args.events:,} events a weekday)", header, rows)
+    rows = [[first + index, *[e["stage_peak_mib"].get(stage) for stage in STAGES]] for index, e in enumerate(measured)]
+    print_table("Peak resident MiB during each stage (steps of concurrent branches overlap)", ["day", *STAGES], rows)
     summary = flatness(measured)
     if summary:
         print(f"\nwall time, days {summary['late_days']} over days {summary['early_days']}: {summary['ratio']:.2f}")
