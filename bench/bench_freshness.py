@@ -74,7 +74,7 @@ def wait_for(predicate, timeout: float, what: str):
 
 
 def deploy_run_finished(instance, day) -> bool:
-    """Whether the day's deploy run (shadow, drift, report after the deployment) has finished."""
+    """Return whether the day's deploy run (shadow, drift, report after the deployment) has finished."""
     from dagster import DagsterRunStatus, RunsFilter
 
     done = [DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED]
@@ -141,7 +141,6 @@ def main() -> None:
 
                 state = wait_for(served, 300, f"day {day} to be served")
                 elapsed = time.perf_counter() - landed_at
-                # Steps after the deployment (shadow, daily_report) may still run when the day is served.
                 # Days land a day apart in production: let the watcher finish the steps after
                 # the deployment before the next day lands, so they do not delay its start.
                 wait_for(lambda: deploy_run_finished(dagster_instance(settings), day), 300, f"the runs of {day} to finish")

@@ -205,9 +205,9 @@ def write_redis(store: FeatureStore, view: str, table: pa.Table, features: list[
     redis_keys = [key + project for key in serialized_entity_keys(rows, join_keys, version)]
     if redis_keys:
         first = _entity_keys(rows.slice(0, 1), join_keys)[0]
-        expected = _redis_key(config.project, first, entity_key_serialization_version=version)
-        if redis_keys[0] != expected:
-            raise RuntimeError(f"Redis key layout of Feast changed: {redis_keys[0]!r} != {expected!r}; update freshrank/online_writer.py")
+        if redis_keys[0] != _redis_key(config.project, first, entity_key_serialization_version=version):
+            logger.warning("Redis keys of Feast differ from entity key + project; building them with Feast")
+            redis_keys = [_redis_key(config.project, key, entity_key_serialization_version=version) for key in _entity_keys(rows, join_keys)]
     ts_key = f"_ts:{view}"
     field_keys = [_mmh3(f"{view}:{feature}") for feature in features]
     columns = [rows.column(feature).to_pylist() for feature in features]

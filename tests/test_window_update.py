@@ -73,8 +73,8 @@ def test_pairs_leave_after_window(chain):
     assert only_first
     stored = pd.read_parquet(partition_path(chain.offline_dir, VIEW, first + timedelta(days=WINDOW)))
     values = stored[stored["ui_last_event_epoch_us"].notna()]
-    kept = set(zip(values["user_id"], values["item_id"]))
-    assert kept.isdisjoint(only_first)
+    stored_pairs = set(zip(values["user_id"], values["item_id"]))
+    assert stored_pairs.isdisjoint(only_first)
 
 
 def test_other_columns_fall_back(chain, tmp_path):
