@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -257,7 +258,10 @@ def test_report_partitions_materialized(page, webserver, ui_home, asset_names):
     assert DAILY_REPORT in asset_names, MISSING_REPORT_ASSET
     page.goto(f"{webserver}/assets/{DAILY_REPORT}?view=partitions&partition={ui_home.days[-1]}")
     expect(page.get_by_text(f"Materialized ({len(ui_home.good_days)})")).to_be_visible()
-    expect(page.get_by_text("Failed (1)")).to_be_visible()
+    # The in-process replay stops a quarantined day after its ingest run, so its report
+    # partition was never planned: missing, not failed.
+    expect(page.get_by_text(re.compile(r"Missing \(\d+\)"))).to_be_visible()
+    expect(page.get_by_text("Failed (0)")).to_be_visible()
     expect(page.locator("tr", has_text="day_state")).to_contain_text("published")
 
 
