@@ -1,8 +1,8 @@
 """User x item features of one day: the full aggregation over the window against the update from the day before.
 
 Runs both queries of ``--day`` on a home that has the day's events and the partition of
-the day before (for example a home of ``bench_scale.py --home``), writes each result to a
-temporary Parquet file as the feature asset does, and checks that they are equal.
+the day before, for example a home of ``bench_scale.py --home``. Each result is written
+to a temporary Parquet file as the feature asset does, and the two must be equal.
 
     python bench/bench_window_update.py --home HOME --day 2024-01-30 [--repeats 2]
 """

@@ -187,8 +187,8 @@ class OrchestrationConfig(_Strict):
     max_concurrent_runs: int = 1
     """Runs the Dagster instance under the home executes at once; 1 keeps partitions in date order."""
     concurrent_branches: bool = True
-    """In-process runs (``freshrank run``, ``watch``, ``demo``) execute a day as an ingest run, then the
-    online write and the model branch as two concurrent runs, then a deploy run; false runs one run per day."""
+    """Whether in-process runs (``freshrank run``, ``watch``, ``demo``) split a day into an ingest run,
+    two concurrent runs (online write, model branch) and a deploy run. False runs one run per day."""
 
 
 class ABConfig(_Strict):

@@ -65,7 +65,7 @@ def _partitions_for(settings: Settings, view: str, day: date, ttl_days: int) -> 
 
 
 def every_view_has_a_partition(settings: Settings) -> bool:
-    """Whether the join has a table for every view; before a home's first features it has none."""
+    """Return whether every view has a partition for the join to read; a new home has none yet."""
     return all(any((settings.offline_dir / view).glob("*.parquet")) for view in FEATURE_VIEWS)
 
 

@@ -51,10 +51,10 @@ def dagster_instance(settings: Settings) -> DagsterInstance:
         )
     if not settings.orchestration.concurrent_branches:
         return DagsterInstance.from_config(str(home))
-    # Concurrent runs in one process share its stdout and stderr. Dagster's capture of an
-    # in-process run swaps the process's file descriptors, and two runs restoring them out
-    # of order leave this process writing into a run's log file, so these runs capture
-    # nothing (their Python logs are kept in the event log as always).
+    # Concurrent runs in one process share its stdout and stderr. Dagster captures an
+    # in-process run by swapping the process's file descriptors. Two runs that restore them
+    # out of order leave the process writing into a run's log file, so these runs capture
+    # no output. Their Python logs stay in the event log.
     instance = DagsterInstance.from_ref(InstanceRef.from_dir(str(home), overrides=NO_COMPUTE_LOGS))
     if not instance.get_python_log_dagster_handler_config():
         # Dagster calls logging.config.dictConfig at the start of every run, even with no
