@@ -119,7 +119,9 @@ def features_compute(day: str = typer.Option(..., help="Day, YYYY-MM-DD."), home
 
     settings = _settings(home)
     for view in FEATURE_VIEWS:
-        written = write_feature_partition(settings.warehouse_path, settings.offline_dir, view, _day(day), settings.features, settings.zone)
+        written = write_feature_partition(
+            settings.warehouse_path, settings.offline_dir, view, _day(day), settings.features, settings.zone, settings.duckdb_memory
+        )
         console.print(f"{view}: {written.rows:,} rows -> {written.path}")
 
 

@@ -7,6 +7,7 @@ default, and unknown keys are rejected so that a typo never goes unnoticed.
 from __future__ import annotations
 
 import os
+import re
 from datetime import date
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -108,6 +109,9 @@ class TrainingConfig(_Strict):
     """On a ``degradation`` rebase, register the leading shadow as the new full train and
     continue it on the trailing ``continued_window_days``. This saves the full train that a
     rebase would otherwise run."""
+    join_chunk_rows: int = Field(default=500_000, ge=1)
+    """A day's training rows are joined with their point-in-time features in chunks of
+    whole users of at most this many rows, which bounds the join's memory."""
     negatives_per_positive: int = 10
     """Popularity-sampled negatives per purchased item, for purchase-only data."""
     holdout_share: float = 0.2
@@ -312,6 +316,10 @@ class Settings(_Strict):
     """Business timezone (IANA name) whose calendar days are the partitions."""
     start_day: date | None = None
     """First daily partition; unset means the oldest day in the landing folder."""
+    duckdb_memory_limit: str = "2GB"
+    """Memory limit of each DuckDB connection that computes features, joins training rows
+    or compares partitions, in DuckDB's notation (``"2GB"``, ``"512MB"``). Beyond it DuckDB
+    spills to ``<home>/tmp/duckdb``."""
     features: FeatureConfig = FeatureConfig()
     validation: ValidationConfig = ValidationConfig()
     training: TrainingConfig = TrainingConfig()
@@ -330,6 +338,13 @@ class Settings(_Strict):
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"unknown timezone {value!r}; use an IANA name such as 'Europe/London'") from exc
         return value
+
+    @field_validator("duckdb_memory_limit")
+    @classmethod
+    def _duckdb_size(cls, value: str) -> str:
+        if not re.fullmatch(r"\s*\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*", value):
+            raise ValueError(f"duckdb_memory_limit {value!r} is not a size; write it as DuckDB does, such as '2GB' or '512MB'")
+        return value.strip()
 
     @property
     def zone(self) -> ZoneInfo:
@@ -355,6 +370,13 @@ class Settings(_Strict):
     @property
     def offline_dir(self) -> Path:
         return self.home / "offline"
+
+    @property
+    def duckdb_memory(self):
+        """The DuckDB memory bound of this home (``freshrank.warehouse.MemoryBound``)."""
+        from freshrank.warehouse import MemoryBound
+
+        return MemoryBound(self.duckdb_memory_limit, self.home / "tmp" / "duckdb")
 
     @property
     def feast_dir(self) -> Path:

@@ -259,6 +259,7 @@ def diff_materialize(settings: Settings, store: FeatureStore, day: date) -> dict
             partition_path(settings.offline_dir, view, previous),
             list(ENTITY_KEYS[view]),
             features,
+            settings.duckdb_memory,
         )
         stats = write(store, view, table, features) if table.num_rows else WriteStats(entities=0, values=0)
         written[view] = stats.entities
@@ -385,6 +386,7 @@ def historical_features(settings: Settings, entity_rows: pd.DataFrame, store: Fe
     store = store or open_store(settings)
     if entity_rows.empty:
         return entity_rows.assign(**{name: pd.Series(dtype="float64") for name in model_feature_names(settings)})
+    import ibis
     from feast.infra.offline_stores.duckdb import DuckDBOfflineStore
 
     from freshrank.retrieval_window import item_categories_seen, windowed_feature_views
@@ -396,6 +398,8 @@ def historical_features(settings: Settings, entity_rows: pd.DataFrame, store: Fe
         entity_rows = entity_rows.assign(category=categories)
     # Feast's own point-in-time join, over the partitions the rows can see rather than the
     # whole history (freshrank.retrieval_window explains why the result is the same).
+    # Feast's DuckDB offline store runs on ibis's default DuckDB backend.
+    settings.duckdb_memory.apply(ibis.get_backend())
     with windowed_feature_views(settings, entity_rows["event_timestamp"]) as views:
         job = DuckDBOfflineStore.get_historical_features(
             store.config, views, feature_refs(settings), entity_rows, store.registry, store.project

@@ -22,7 +22,7 @@ import pandas as pd
 from freshrank.config import FeatureConfig
 from freshrank.faults import crash_point
 from freshrank.increments import day_bounds
-from freshrank.warehouse import connect
+from freshrank.warehouse import MemoryBound, connect
 
 logger = logging.getLogger(__name__)
 
@@ -274,16 +274,22 @@ def _with_expiry_rows(query: str, view: str, previous: Path | None) -> str:
 
 
 def write_feature_partition(
-    warehouse: Path, offline_dir: Path, view: str, day: date, config: FeatureConfig, zone: ZoneInfo
+    warehouse: Path,
+    offline_dir: Path,
+    view: str,
+    day: date,
+    config: FeatureConfig,
+    zone: ZoneInfo,
+    memory: MemoryBound | None = None,
 ) -> FeaturePartition:
-    """Compute one view's features of ``day`` and replace its Parquet file atomically."""
+    """Compute one view's features of ``day`` and replace its Parquet file atomically; ``memory`` bounds DuckDB."""
     target = partition_path(offline_dir, view, day)
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(f".{target.name}.tmp")
     as_of = feature_timestamp(day, zone)
     previous = previous_partition(offline_dir, view, day)
     query = _with_expiry_rows(_view_sql(view, day, config, previous), view, previous)
-    with connect(warehouse, read_only=True) as con:
+    with connect(warehouse, read_only=True, memory=memory) as con:
         con.execute(
             f"COPY (SELECT *, $as_of::TIMESTAMPTZ AS created_timestamp FROM ({query}) ORDER BY ALL) "
             f"TO '{temporary}' (FORMAT parquet, COMPRESSION zstd)",

@@ -23,6 +23,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from feast import FeatureStore
 from feast.infra.key_encoding_utils import serialize_entity_key
 from feast.infra.online_stores.helpers import _mmh3, _redis_key, compute_table_id
@@ -31,9 +32,13 @@ from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.protos.feast.types.Value_pb2 import ValueType
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from freshrank.warehouse import MemoryBound
+
 logger = logging.getLogger(__name__)
 
 _REDIS_CHUNK = 5000
+_CHUNK_ROWS = 250_000
+"""Entity rows whose Python objects are built at once by the writers."""
 _ROW = "__freshrank_row"
 
 
@@ -114,14 +119,16 @@ def newest_rows(table: pa.Table, join_keys: list[str]) -> pa.Table:
     return ordered.drop_columns([_ROW]).take(first)
 
 
-def changed_rows(current: Path, previous: Path, join_keys: list[str], features: list[str]) -> pa.Table:
+def changed_rows(
+    current: Path, previous: Path, join_keys: list[str], features: list[str], memory: MemoryBound | None = None
+) -> pa.Table:
     """Return the rows of partition ``current`` whose feature values differ from partition ``previous``.
 
     A row counts as changed when its entity is new or any feature differs. The event and
     created timestamps are not compared. ``EXCEPT`` compares NULL with NULL as equal, so an
     all-null expiry row is new only on the day the entity leaves. Entities of ``previous``
     missing from ``current`` yield nothing, because they left earlier and their expiry row
-    was written then.
+    was written then. ``memory`` bounds the DuckDB connection.
     """
     compared = ", ".join(_quoted(name) for name in [*join_keys, *features])
     keys = ", ".join(_quoted(name) for name in join_keys)
@@ -136,6 +143,8 @@ def changed_rows(current: Path, previous: Path, join_keys: list[str], features: 
     connection = duckdb.connect()
     try:
         connection.execute("SET TimeZone = 'UTC'")
+        if memory is not None:
+            memory.apply(connection)
         return connection.sql(query).to_arrow_table()
     finally:
         connection.close()
@@ -150,30 +159,16 @@ def _literal(path: Path) -> str:
 
 
 def write_sqlite(store: FeatureStore, view: str, table: pa.Table, features: list[str]) -> WriteStats:
-    """Upsert rows into the SQLite online table of a feature view."""
+    """Upsert rows into the SQLite online table of a feature view, in one transaction.
+
+    Rows go in primary-key order (entity key, feature name), because B-tree inserts in
+    order are several times faster than random ones, and ``_CHUNK_ROWS`` entities at a
+    time, so the Python objects of only one chunk are alive at once.
+    """
     config = store.config
     feature_view = store.get_feature_view(view)
     join_keys = [column.name for column in feature_view.entity_columns]
-    rows = newest_rows(table, join_keys)
-    keys = serialized_entity_keys(rows, join_keys, config.entity_key_serialization_version)
-    event_ts = _sqlite_timestamps(rows.column("event_timestamp").to_pylist())
-    created_ts = _sqlite_timestamps(rows.column("created_timestamp").to_pylist())
-    # Rows in primary-key order (entity key, feature name): B-tree inserts in order are
-    # several times faster than random ones.
-    order = sorted(range(len(keys)), key=keys.__getitem__)
-    keys = [keys[index] for index in order]
-    event_ts = [event_ts[index] for index in order]
-    created_ts = [created_ts[index] for index in order]
-    encoder = _ValueEncoder()
-    per_feature = []
-    for name in sorted(features):
-        column = rows.column(name).to_pylist()
-        encoded = [encoder.encode(column[index]) for index in order]
-        blobs = [blob for blob, _ in encoded]
-        texts = [text for _, text in encoded]
-        per_feature.append(zip(keys, itertools.repeat(name), blobs, texts, event_ts, created_ts))
-    # One record per (entity, feature), entity-major, built lazily by zip in C.
-    records = itertools.chain.from_iterable(zip(*per_feature))
+    rows, keys = _in_key_order(newest_rows(table, join_keys), join_keys, config.entity_key_serialization_version)
     table_name = compute_table_id(config.project, feature_view, config.registry.enable_online_feature_view_versioning)
     sql = (
         f'INSERT INTO "{table_name}" (entity_key, feature_name, value, value_text, event_ts, created_ts) '
@@ -181,18 +176,50 @@ def write_sqlite(store: FeatureStore, view: str, table: pa.Table, features: list
         "value = excluded.value, value_text = excluded.value_text, "
         "event_ts = excluded.event_ts, created_ts = excluded.created_ts"
     )
+    encoder = _ValueEncoder()
     connection = sqlite3.connect(config.online_store.path, timeout=60)
     try:
         connection.execute("PRAGMA cache_size = -262144")
         with connection:
-            connection.executemany(sql, records)
+            for start in range(0, rows.num_rows, _CHUNK_ROWS):
+                chunk = rows.slice(start, _CHUNK_ROWS)
+                connection.executemany(sql, _sqlite_records(chunk, keys.slice(start, _CHUNK_ROWS).to_pylist(), features, encoder))
     finally:
         connection.close()
     return WriteStats(entities=rows.num_rows, values=rows.num_rows * len(features))
 
 
+def _in_key_order(rows: pa.Table, join_keys: list[str], version: int) -> tuple[pa.Table, pa.Array]:
+    """Return ``rows`` sorted by serialized entity key, and the keys in that order."""
+    parts = [
+        pa.array(serialized_entity_keys(rows.slice(start, _CHUNK_ROWS), join_keys, version), pa.binary())
+        for start in range(0, rows.num_rows, _CHUNK_ROWS)
+    ]
+    keys = pa.concat_arrays(parts) if parts else pa.array([], pa.binary())
+    order = pc.sort_indices(keys)
+    return rows.take(order), keys.take(order)
+
+
+def _sqlite_records(chunk: pa.Table, keys: list[bytes], features: list[str], encoder: _ValueEncoder):
+    """Yield one record per (entity, feature) of ``chunk``, entity-major, features by name."""
+    event_ts = _sqlite_timestamps(chunk.column("event_timestamp").to_pylist())
+    created_ts = _sqlite_timestamps(chunk.column("created_timestamp").to_pylist())
+    per_feature = []
+    for name in sorted(features):
+        encoded = [encoder.encode(value) for value in chunk.column(name).to_pylist()]
+        blobs = [blob for blob, _ in encoded]
+        texts = [text for _, text in encoded]
+        per_feature.append(zip(keys, itertools.repeat(name), blobs, texts, event_ts, created_ts))
+    # Built lazily by zip in C.
+    return itertools.chain.from_iterable(zip(*per_feature))
+
+
 def write_redis(store: FeatureStore, view: str, table: pa.Table, features: list[str]) -> WriteStats:
-    """Write rows into Redis hashes as Feast's Redis store does, overwriting what is there."""
+    """Write rows into Redis hashes as Feast's Redis store does, overwriting what is there.
+
+    The Python objects of ``_CHUNK_ROWS`` entities are built at a time; each pipeline
+    carries ``_REDIS_CHUNK`` entities.
+    """
     from feast.infra.online_stores.redis import RedisOnlineStore
 
     config = store.config
@@ -200,36 +227,52 @@ def write_redis(store: FeatureStore, view: str, table: pa.Table, features: list[
     join_keys = [column.name for column in feature_view.entity_columns]
     rows = newest_rows(table, join_keys)
     client = RedisOnlineStore()._get_client(config.online_store)
-    version = config.entity_key_serialization_version
-    project = config.project.encode("utf-8")
-    redis_keys = [key + project for key in serialized_entity_keys(rows, join_keys, version)]
-    if redis_keys:
-        first = _entity_keys(rows.slice(0, 1), join_keys)[0]
-        if redis_keys[0] != _redis_key(config.project, first, entity_key_serialization_version=version):
-            logger.warning("Redis keys of Feast differ from entity key + project; building them with Feast")
-            redis_keys = [_redis_key(config.project, key, entity_key_serialization_version=version) for key in _entity_keys(rows, join_keys)]
+    keys_of = _redis_keys_builder(config.project, join_keys, config.entity_key_serialization_version, rows)
     ts_key = f"_ts:{view}"
     field_keys = [_mmh3(f"{view}:{feature}") for feature in features]
-    columns = [rows.column(feature).to_pylist() for feature in features]
-    timestamps = rows.column("event_timestamp").to_pylist()
     encoder = _ValueEncoder()
     stamp_cache: dict = {}
-    values = 0
-    for start in range(0, rows.num_rows, _REDIS_CHUNK):
-        with client.pipeline(transaction=False) as pipe:
-            for index in range(start, min(start + _REDIS_CHUNK, rows.num_rows)):
-                stamp = stamp_cache.get(timestamps[index])
-                if stamp is None:
-                    proto = Timestamp()
-                    proto.FromDatetime(_aware_utc(timestamps[index]))
-                    stamp = stamp_cache[timestamps[index]] = proto.SerializeToString()
-                mapping = {ts_key: stamp}
-                for field, column in zip(field_keys, columns):
-                    mapping[field] = encoder.encode(column[index])[0]
-                values += len(field_keys)
-                pipe.hset(redis_keys[index], mapping=mapping)
-            pipe.execute()
-    return WriteStats(entities=rows.num_rows, values=values)
+    for chunk_start in range(0, rows.num_rows, _CHUNK_ROWS):
+        chunk = rows.slice(chunk_start, _CHUNK_ROWS)
+        redis_keys = keys_of(chunk)
+        columns = [chunk.column(feature).to_pylist() for feature in features]
+        timestamps = chunk.column("event_timestamp").to_pylist()
+        for start in range(0, chunk.num_rows, _REDIS_CHUNK):
+            with client.pipeline(transaction=False) as pipe:
+                for index in range(start, min(start + _REDIS_CHUNK, chunk.num_rows)):
+                    stamp = stamp_cache.get(timestamps[index])
+                    if stamp is None:
+                        proto = Timestamp()
+                        proto.FromDatetime(_aware_utc(timestamps[index]))
+                        stamp = stamp_cache[timestamps[index]] = proto.SerializeToString()
+                    mapping = {ts_key: stamp}
+                    for field, column in zip(field_keys, columns):
+                        mapping[field] = encoder.encode(column[index])[0]
+                    pipe.hset(redis_keys[index], mapping=mapping)
+                pipe.execute()
+    return WriteStats(entities=rows.num_rows, values=rows.num_rows * len(features))
+
+
+def _redis_keys_builder(project: str, join_keys: list[str], version: int, rows: pa.Table):
+    """Return a function from rows to their Redis keys: entity key + project, or Feast's own keys.
+
+    The concatenation is checked once against Feast's ``_redis_key`` on the first row.
+    """
+    suffix = project.encode("utf-8")
+
+    def concatenated(chunk: pa.Table) -> list[bytes]:
+        return [key + suffix for key in serialized_entity_keys(chunk, join_keys, version)]
+
+    def by_feast(chunk: pa.Table) -> list[bytes]:
+        return [_redis_key(project, key, entity_key_serialization_version=version) for key in _entity_keys(chunk, join_keys)]
+
+    if rows.num_rows == 0:
+        return concatenated
+    first = rows.slice(0, 1)
+    if concatenated(first)[0] == by_feast(first)[0]:
+        return concatenated
+    logger.warning("Redis keys of Feast differ from entity key + project; building them with Feast")
+    return by_feast
 
 
 def _sqlite_timestamps(values: list[datetime]) -> list[int]:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -99,14 +101,51 @@ def sample_negatives(positives: pd.DataFrame, popularity: pd.DataFrame, per_posi
 
 def build_training_rows(settings: Settings, day: date) -> tuple[pd.DataFrame, str]:
     """Label ``day`` and join the features as of its start; return the rows and the labelling mode."""
+    chunks, mode = training_row_chunks(settings, day)
+    return pd.concat(list(chunks), ignore_index=True), mode
+
+
+def training_row_chunks(settings: Settings, day: date) -> tuple[Iterator[pd.DataFrame], str]:
+    """Label ``day`` and yield its training rows in chunks of whole users, in (user, item) order.
+
+    The point-in-time join runs once per chunk of at most ``training.join_chunk_rows``
+    rows, so its memory is bounded by the chunk, not by the day. A row's join reads only
+    its own entity keys and instant, so the concatenated chunks equal one join of the day.
+    A user with more candidates than the bound gets a chunk of their own.
+    """
     labels, mode = label_rows(settings, day)
-    entity_rows = labels.assign(event_timestamp=day_start(day, settings))
-    joined = historical_features(settings, entity_rows)
-    joined = joined.drop(columns=["event_timestamp"]).assign(event_day=day.isoformat())
-    joined["label"] = joined["label"].astype("int64")
-    feature_names = [column for column in joined.columns if column not in KEY_COLUMNS]
-    ordered = joined[list(KEY_COLUMNS) + feature_names]
-    return ordered.sort_values(["user_id", "item_id"], ignore_index=True), mode
+    return _joined_chunks(settings, day, labels), mode
+
+
+def _joined_chunks(settings: Settings, day: date, labels: pd.DataFrame) -> Iterator[pd.DataFrame]:
+    # A day without candidates still yields one (empty) chunk with every column.
+    for start, stop in user_chunks(labels["user_id"], settings.training.join_chunk_rows) or [(0, 0)]:
+        entity_rows = labels.iloc[start:stop].assign(event_timestamp=day_start(day, settings))
+        joined = historical_features(settings, entity_rows)
+        joined = joined.drop(columns=["event_timestamp"]).assign(event_day=day.isoformat())
+        joined["label"] = joined["label"].astype("int64")
+        feature_names = [column for column in joined.columns if column not in KEY_COLUMNS]
+        ordered = joined[list(KEY_COLUMNS) + feature_names]
+        yield ordered.sort_values(["user_id", "item_id"], ignore_index=True)
+
+
+def user_chunks(user_ids: pd.Series, max_rows: int) -> list[tuple[int, int]]:
+    """Split rows sorted by user into (start, stop) ranges of whole users, each of at most ``max_rows`` rows.
+
+    A user with more rows than ``max_rows`` forms one range alone.
+    """
+    if user_ids.empty:
+        return []
+    values = user_ids.to_numpy()
+    # Row positions where a new user starts, and the end.
+    starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]]).tolist() + [len(values)]
+    ranges = []
+    begin = 0
+    for boundary, following in zip(starts[1:], starts[2:] + [None]):
+        if following is None or following - begin > max_rows:
+            ranges.append((begin, boundary))
+            begin = boundary
+    return ranges
 
 
 def training_rows_path(settings: Settings, day: date) -> Path:
@@ -116,12 +155,56 @@ def training_rows_path(settings: Settings, day: date) -> Path:
 
 def write_training_rows(settings: Settings, day: date, rows: pd.DataFrame) -> Path:
     """Replace a day's training rows atomically."""
+    write_training_row_chunks(settings, day, iter([rows]))
+    return training_rows_path(settings, day)
+
+
+@dataclass(frozen=True)
+class StoredRows:
+    """What ``write_training_row_chunks`` wrote: the file and its row, positive and user counts."""
+
+    path: Path
+    rows: int
+    positives: int
+    users: int
+
+
+def write_training_row_chunks(settings: Settings, day: date, chunks: Iterator[pd.DataFrame]) -> StoredRows:
+    """Replace a day's training rows atomically with the concatenation of ``chunks``.
+
+    Each chunk is written as it comes, so only one chunk is in memory. Chunks hold whole
+    users, so the users of the chunks add up. Every chunk must have the first one's
+    columns and types; a chunk that does not raises and leaves the stored rows as they were.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     target = training_rows_path(settings, day)
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(f".{target.name}.tmp")
-    rows.to_parquet(temporary, index=False)
-    os.replace(temporary, target)
-    return target
+    rows = positives = users = 0
+    writer = None
+    try:
+        for chunk in chunks:
+            table = pa.Table.from_pandas(chunk, preserve_index=False)
+            if writer is None:
+                writer = pq.ParquetWriter(temporary, table.schema)
+            elif table.schema != writer.schema:
+                table = table.cast(writer.schema)
+            writer.write_table(table)
+            rows += len(chunk)
+            positives += int(chunk["label"].sum()) if len(chunk) else 0
+            users += int(chunk["user_id"].nunique())
+        if writer is None:
+            raise ValueError(f"no training rows to write for {day}: expected at least one chunk")
+        writer.close()
+        writer = None
+        os.replace(temporary, target)
+    finally:
+        if writer is not None:
+            writer.close()
+        temporary.unlink(missing_ok=True)
+    return StoredRows(path=target, rows=rows, positives=positives, users=users)
 
 
 def read_training_rows(settings: Settings, days: list[date]) -> pd.DataFrame:
@@ -130,6 +213,45 @@ def read_training_rows(settings: Settings, days: list[date]) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame()
     return pd.concat(frames, ignore_index=True)
+
+
+def sample_stored_rows(settings: Settings, days: list[date], max_rows: int, seed: int, columns: list[str]) -> pd.DataFrame:
+    """Return ``columns`` of the stored rows of ``days`` that ``drift.sample_rows`` would draw from them.
+
+    Equal to ``sample_rows(read_training_rows(settings, days)[columns], max_rows, seed)``,
+    index included, but only the drawn rows are read: the draw needs only the row count,
+    which the Parquet footers give.
+    """
+    import pyarrow.parquet as pq
+
+    paths = [path for day in days if (path := training_rows_path(settings, day)).exists()]
+    counts = [pq.ParquetFile(path).metadata.num_rows for path in paths]
+    total = sum(counts)
+    if total <= max_rows:
+        frames = [pq.read_table(path, columns=columns).to_pandas() for path in paths]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+    # pandas' DataFrame.sample(n, random_state=seed) draws these positions.
+    positions = np.random.RandomState(seed).choice(total, size=max_rows, replace=False)
+    pieces = []
+    offset = 0
+    for path, count in zip(paths, counts):
+        inside = positions[(positions >= offset) & (positions < offset + count)]
+        if len(inside):
+            piece = pq.read_table(path, columns=columns).take(inside - offset).to_pandas()
+            pieces.append(piece.set_axis(inside, axis=0))
+        offset += count
+    return pd.concat(pieces).loc[positions]
+
+
+def stored_row_batches(settings: Settings, day: date, columns: list[str], batch_rows: int = 250_000) -> Iterator[pd.DataFrame]:
+    """Yield ``columns`` of a day's stored rows in order, ``batch_rows`` rows at a time."""
+    import pyarrow.parquet as pq
+
+    path = training_rows_path(settings, day)
+    if not path.exists():
+        return
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=columns):
+        yield batch.to_pandas()
 
 
 def stored_row_count(settings: Settings, days: list[date]) -> int:

@@ -70,15 +70,32 @@ class PublishReport:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class MemoryBound:
+    """A DuckDB memory limit and the folder it spills to beyond it."""
+
+    limit: str
+    temp_dir: Path
+
+    def apply(self, con) -> None:
+        """Set the limit on a DuckDB connection (or an ibis DuckDB backend's ``raw_sql``)."""
+        self.temp_dir.mkdir(parents=True, exist_ok=True)
+        execute = con.raw_sql if hasattr(con, "raw_sql") else con.execute
+        execute(f"SET memory_limit = '{self.limit}'")
+        execute("SET temp_directory = '" + str(self.temp_dir).replace("'", "''") + "'")
+
+
 @contextmanager
-def connect(path: Path, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-    """Open the warehouse, creating its tables on first use."""
+def connect(path: Path, read_only: bool = False, memory: MemoryBound | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Open the warehouse, creating its tables on first use; ``memory`` bounds the connection."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if read_only and not path.exists():
         read_only = False
     con = duckdb.connect(str(path), read_only=read_only)
     try:
         con.execute("SET TimeZone = 'UTC'")
+        if memory is not None:
+            memory.apply(con)
         if not read_only:
             con.execute(SCHEMA_SQL)
         yield con

@@ -31,7 +31,14 @@ from freshrank.features import FEATURE_VIEWS, write_feature_partition
 from freshrank.quality import validate_staged
 from freshrank.records import read_record, write_record
 from freshrank.staging import load_staged, stage_increment
-from freshrank.training_rows import build_training_rows, read_training_rows, stored_training_days, write_training_rows
+from freshrank.training_rows import (
+    sample_stored_rows,
+    stored_row_batches,
+    stored_row_count,
+    stored_training_days,
+    training_row_chunks,
+    write_training_row_chunks,
+)
 from freshrank.warehouse import publish_increment
 from models import lifecycle, shadow
 from models.lineage import describe_lineage, lineage_markdown
@@ -143,14 +150,14 @@ def build_assets(settings: Settings) -> tuple[list[AssetsDefinition], list]:
         """Labelled candidates of the day with point-in-time features as of the day before."""
         settings = freshrank.settings()
         day = _day(context)
-        rows, mode = build_training_rows(settings, day)
-        path = write_training_rows(settings, day, rows)
+        chunks, mode = training_row_chunks(settings, day)
+        stored = write_training_row_chunks(settings, day, chunks)
         record = {
-            "rows": len(rows),
-            "positives": int(rows["label"].sum()) if len(rows) else 0,
-            "users": int(rows["user_id"].nunique()) if len(rows) else 0,
+            "rows": stored.rows,
+            "positives": stored.positives,
+            "users": stored.users,
             "labelling": mode,
-            "path": str(path),
+            "path": str(stored.path),
         }
         write_record(settings, "training_rows", day, record)
         return MaterializeResult(metadata=clean_metadata(record))
@@ -277,7 +284,7 @@ def _feature_asset(view: str, partitions, window: int) -> AssetsDefinition:
         settings = freshrank.settings()
         day = _day(context)
         written = write_feature_partition(
-            settings.warehouse_path, settings.offline_dir, view, day, settings.features, settings.zone
+            settings.warehouse_path, settings.offline_dir, view, day, settings.features, settings.zone, settings.duckdb_memory
         )
         return MaterializeResult(metadata={"rows": written.rows, "path": MetadataValue.path(str(written.path))})
 
@@ -285,21 +292,25 @@ def _feature_asset(view: str, partitions, window: int) -> AssetsDefinition:
 
 
 def _drift_record(settings: Settings, day: date) -> dict:
-    from freshrank.drift import check_drift, sample_rows
+    from freshrank.drift import check_drift
 
     challenger = read_record(settings, "challenger_model", day) or {}
     registry = lifecycle.registry_for(settings)
     version = challenger.get("version") or registry.champion()
     reference_days = stored_training_days(settings, day, settings.drift.reference_days)
-    current = read_training_rows(settings, [day])
-    reference = read_training_rows(settings, reference_days)
-    if version is None or reference.empty or current.empty:
+    if version is None or not stored_row_count(settings, reference_days) or not stored_row_count(settings, [day]):
         return {"skipped_reason": "no model or no reference window yet", "drift_share": None, "alert": False}
     columns = model_feature_names(settings)
     booster = registry.load(version)
-    current = current.assign(prediction=predict(booster, current, columns))
-    # The reference window spans several days: score only the rows the check compares.
-    reference = sample_rows(reference, settings.drift.max_rows, settings.training.seed)
+    # Only the compared rows are read and scored, the same rows check_drift would draw
+    # from the whole frames. The day's prediction statistics score its rows in batches.
+    seed, max_rows = settings.training.seed, settings.drift.max_rows
+    predictions = np.concatenate(
+        [predict(booster, batch, columns) for batch in stored_row_batches(settings, day, columns)]
+    )
+    current = sample_stored_rows(settings, [day], max_rows, seed, columns)
+    current = current.assign(prediction=predictions[current.index.to_numpy()])
+    reference = sample_stored_rows(settings, reference_days, max_rows, seed, columns)
     reference = reference.assign(prediction=predict(booster, reference, columns))
     html_path = settings.reports_dir / "drift" / f"{day.isoformat()}.html"
     result = check_drift(reference, current, columns + ["prediction"], settings.drift, html_path, seed=settings.training.seed)
@@ -312,8 +323,8 @@ def _drift_record(settings: Settings, day: date) -> dict:
         "alert": result.alert,
         "threshold": result.threshold,
         "html_path": str(result.html_path) if result.html_path else None,
-        "prediction_mean": float(np.mean(current["prediction"])),
-        "prediction_std": float(np.std(current["prediction"])),
+        "prediction_mean": float(np.mean(predictions)),
+        "prediction_std": float(np.std(predictions)),
     }
     if result.alert:
         from freshrank.alerts import drift_alert_key, raise_alert

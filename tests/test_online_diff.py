@@ -42,12 +42,14 @@ from freshrank.features import (
 )
 from freshrank.increments import day_bounds
 from freshrank.online_watermark import clear_watermark, online_as_of_us, read_watermark
+from freshrank import online_writer
 from freshrank.training_rows import build_training_rows
 
 FIRST_DAY = date(2024, 2, 10)
 """u3's only event (a view of i4); the replay then jumps to REPLAY_START."""
 REPLAY_START = date(2024, 2, 28)
 CORRECTED_DAY = date(2024, 3, 5)
+SMALL_CHUNK = 2
 NEWEST_DAY = date(2024, 3, 12)
 REPLAY_DAYS = (FIRST_DAY,) + tuple(REPLAY_START + timedelta(days=n) for n in range((NEWEST_DAY - REPLAY_START).days + 1))
 
@@ -151,7 +153,10 @@ def nonnull_row_ages_days(settings: Settings, view: str, stored: dict, newest_da
 def replayed(tmp_path_factory, core_home_builder, core_shop, core_publish, core_event_row) -> tuple[Settings, dict, dict]:
     """The tiny shop replayed into the SQLite online store with diff writes."""
     settings = core_home_builder(tmp_path_factory.mktemp("diff") / "home", core_shop(), ())
-    writes, before_correction = replay(settings, core_publish, core_event_row)
+    # Chunks of a few entities, so that every write spans several chunks.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(online_writer, "_CHUNK_ROWS", SMALL_CHUNK)
+        writes, before_correction = replay(settings, core_publish, core_event_row)
     return settings, writes, before_correction
 
 
@@ -171,6 +176,12 @@ def test_replay_modes(replayed) -> None:
     assert writes["corrected 2024-03-12"].mode == "full"
     assert "reflects 2024-03-12, not the day before" in writes["corrected 2024-03-12"].reason
     assert writes["2024-03-13"].mode == "diff"
+
+
+def test_writes_span_several_chunks(replayed) -> None:
+    _, writes, _ = replayed
+    largest = max(max(write.rows.values()) for write in writes.values())
+    assert largest > 2 * SMALL_CHUNK, largest
 
 
 def test_diff_writes_fewer_rows(replayed) -> None:
@@ -382,12 +393,14 @@ def redis_home(tmp_path: Path, redis_server: str, core_home_builder, core_shop) 
     return load_settings(settings.home)
 
 
-def test_redis_replay_like_full_writes(redis_home: Settings, core_publish, core_event_row) -> None:
+def test_redis_replay_like_full_writes(redis_home: Settings, core_publish, core_event_row, monkeypatch) -> None:
     settings = redis_home
     import redis as redis_client
 
     client = redis_client.Redis.from_url(f"redis://{settings.online_store.connection_string}")
+    monkeypatch.setattr(online_writer, "_CHUNK_ROWS", SMALL_CHUNK)
     writes, _ = replay(settings, core_publish, core_event_row)
+    assert max(max(write.rows.values()) for write in writes.values()) > 2 * SMALL_CHUNK
     assert writes["2024-03-12"].mode == "diff"
     assert writes["2024-03-13"].mode == "diff"
     assert_feast_reads_expected(settings)
