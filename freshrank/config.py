@@ -193,6 +193,9 @@ class OrchestrationConfig(_Strict):
     concurrent_branches: bool = True
     """Whether in-process runs (``freshrank run``, ``watch``, ``demo``) split a day into an ingest run,
     two concurrent runs (online write, model branch) and a deploy run. False runs one run per day."""
+    concurrent_branches_max_events: int = Field(default=1_000_000, ge=0)
+    """A day with more published events than this runs its two branches one after the
+    other, so that their memory does not add up in the process (see docs/scale.md)."""
 
 
 class ABConfig(_Strict):

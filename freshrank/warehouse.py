@@ -223,6 +223,15 @@ def partition_rows(path: Path) -> pd.DataFrame:
         return con.execute("SELECT * FROM partitions ORDER BY event_day").df()
 
 
+def published_rows(path: Path, day: date) -> int | None:
+    """Return the events published for ``day``, or None when the day has no partition."""
+    if not path.exists():
+        return None
+    with connect(path, read_only=True) as con:
+        row = con.execute("SELECT rows_published FROM partitions WHERE event_day = ?", [day]).fetchone()
+    return None if row is None else int(row[0])
+
+
 def published_row_counts(path: Path, before: date, days: int) -> list[int]:
     """Return the row counts of up to ``days`` published partitions before ``before``, oldest first."""
     if not path.exists():

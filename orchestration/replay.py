@@ -13,6 +13,7 @@ from dagster._core.instance.ref import InstanceRef
 
 from freshrank.config import Settings
 from freshrank.retrieval_window import every_view_has_a_partition
+from freshrank.warehouse import published_rows
 from orchestration.build import DAILY_LOOP_JOB, build_definitions
 from orchestration.stages import day_stages
 
@@ -91,12 +92,9 @@ def run_day(
     defs = defs or build_definitions(settings)
     if not settings.orchestration.concurrent_branches:
         return _day_run(day, [_execute(defs, day, instance, assets, "all")])
-    # The model branch joins training rows against the feature partitions. A home's first
-    # day has none until the online branch computes the day's own, so it runs them in turn.
-    concurrent = every_view_has_a_partition(settings)
     results = []
     for stage in day_stages(defs, assets):
-        if len(stage) == 1 or not concurrent:
+        if len(stage) == 1 or not branches_may_overlap(settings, day):
             for branch in stage:
                 results.append(_execute(defs, day, instance, branch.assets, branch.name))
                 if not results[-1].success:
@@ -108,6 +106,24 @@ def run_day(
         if not all(result.success for result in results) or _check_passed(results) is False:
             break
     return _day_run(day, results)
+
+
+def branches_may_overlap(settings: Settings, day: date) -> bool:
+    """Return whether the branches of ``day`` may run at the same time.
+
+    The model branch joins training rows against the feature partitions; a home's first
+    day has none until the online branch computes the day's own. A day with more events
+    than ``orchestration.concurrent_branches_max_events`` runs its branches in turn, so
+    that the process holds the memory of one branch at a time.
+    """
+    if not every_view_has_a_partition(settings):
+        return False
+    events = published_rows(settings.warehouse_path, day)
+    limit = settings.orchestration.concurrent_branches_max_events
+    if events is not None and events > limit:
+        logger.info("day %s: %d events, over %d, so its branches run one after the other", day, events, limit)
+        return False
+    return True
 
 
 def _execute(defs, day: date, instance: DagsterInstance, assets, branch: str):

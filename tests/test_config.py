@@ -27,6 +27,10 @@ def test_documented_values_are_the_defaults(tmp_path):
     for section, values in documented.items():
         if section in EXAMPLE_ONLY:
             continue
+        if not isinstance(values, dict):
+            if defaults[section] != values:
+                mismatches.append(f"{section}: page {values!r}, default {defaults[section]!r}")
+            continue
         for key, value in values.items():
             if defaults[section][key] != value:
                 mismatches.append(f"{section}.{key}: page {value!r}, default {defaults[section][key]!r}")

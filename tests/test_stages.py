@@ -15,10 +15,11 @@ from freshrank.importers.landing import write_day
 from freshrank.records import read_record
 from freshrank.synthetic import ShopSpec, generate_day
 from freshrank.training_rows import read_training_rows
+from freshrank.warehouse import published_rows
 from models.policy import registry_for
 from models.training import predict
 from orchestration.build import build_definitions
-from orchestration.replay import BRANCH_TAG, dagster_instance, replay
+from orchestration.replay import BRANCH_TAG, branches_may_overlap, dagster_instance, replay
 from orchestration.stages import day_stages
 
 SHOP = ShopSpec(days=3, users=200, items=60, seed=8, events_per_day=2500)
@@ -120,3 +121,23 @@ def test_failed_branch_skips_deploy(tmp_path):
     assert "online_features" in run.materialized
     assert "deployment" not in run.materialized
     assert read_record(settings, "deployment", date.fromisoformat(SHOP.day(1).isoformat())) is None
+
+
+def test_large_day_runs_branches_in_turn(both_homes):
+    (concurrent, _), _ = both_homes
+    day = SHOP.day(2)
+    events = published_rows(concurrent.warehouse_path, day)
+    assert events > 0
+
+    def with_limit(limit: int):
+        orchestration = concurrent.orchestration.model_copy(update={"concurrent_branches_max_events": limit})
+        return concurrent.model_copy(update={"orchestration": orchestration})
+
+    assert branches_may_overlap(with_limit(events), day)
+    assert not branches_may_overlap(with_limit(events - 1), day)
+    # A day not published yet (its ingest run comes first) is no reason to run in turn.
+    assert branches_may_overlap(with_limit(0), date(2030, 1, 1))
+
+
+def test_first_day_runs_branches_in_turn(tmp_path):
+    assert not branches_may_overlap(load_settings(tmp_path / "home"), SHOP.day(0))
