@@ -40,6 +40,7 @@ from models.training import (
     paired_group_difference,
     score_rows,
     train_full,
+    training_matrix,
     training_params,
     tree_count,
 )
@@ -183,7 +184,14 @@ def train_challenger(settings: Settings, day: date) -> ChallengerResult:
     if plan.promote_shadow is not None:
         result.parent, parent_model = _promote_shadow(settings, registry, plan, columns)
         result.rebase = {**result.rebase, "promoted_version": result.parent}
-    booster = _train(settings, plan.kind, parent_model, train, columns, result)
+    wall, cpu = time.perf_counter(), time.process_time()
+    # The matrix is built first, so the frame is freed while XGBoost trains.
+    dtrain = training_matrix(train, columns, quantized=plan.kind == FULL)
+    del train
+    booster = _train(settings, plan.kind, parent_model, dtrain, columns, result)
+    del dtrain
+    result.train_seconds = time.perf_counter() - wall
+    result.train_cpu_seconds = time.process_time() - cpu
     result.trees = tree_count(booster)
     result.model_bytes = model_size_bytes(booster)
     result.challenger_holdout = score(booster, holdout, settings)
@@ -242,20 +250,17 @@ def _train(
     settings: Settings,
     kind: str,
     champion: xgb.Booster | None,
-    train: pd.DataFrame,
+    train: xgb.DMatrix,
     columns: list[str],
     result: ChallengerResult,
 ) -> xgb.Booster:
-    """Run the XGBoost training of the plan and record its time and the trees it added."""
+    """Run the XGBoost training of the plan on its matrix and record the trees it added."""
     parent_trees = 0
-    wall, cpu = time.perf_counter(), time.process_time()
     if kind == FULL:
         booster = train_full(train, columns, settings.training)
     else:
         parent_trees = tree_count(champion)
         booster = continue_training(champion, train, columns, settings.training)
-    result.train_seconds = time.perf_counter() - wall
-    result.train_cpu_seconds = time.process_time() - cpu
     result.trees_added = tree_count(booster) - parent_trees
     return booster
 

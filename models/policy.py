@@ -212,6 +212,7 @@ def training_and_holdout_rows(settings: Settings, training_days: list[date], day
     if today.empty:
         return today, today
     train, holdout = split_holdout(today, settings.training.holdout_share, settings.training.seed)
+    del today
     earlier_days = [d for d in training_days if d != day]
     earlier_rows = stored_row_count(settings, earlier_days)
     room = max(settings.training.max_training_rows - len(train), 0)

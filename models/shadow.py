@@ -37,7 +37,7 @@ from freshrank.errors import ModelRegistryError
 from freshrank.feature_store import model_feature_names
 from freshrank.records import read_record
 from models.policy import lineage_root, registry_for, trailing_days, training_and_holdout_rows
-from models.training import model_size_bytes, score_rows, train_full, training_params, tree_count
+from models.training import model_size_bytes, score_rows, train_full, training_matrix, training_params, tree_count
 
 logger = logging.getLogger(__name__)
 
@@ -237,7 +237,11 @@ def shadow_full_retrain(settings: Settings, day: date) -> ShadowResult:
         return result
 
     wall, cpu = time.perf_counter(), time.process_time()
-    booster = train_full(train, columns, settings.training)
+    # The matrix is built first, so the frame is freed while XGBoost trains.
+    dtrain = training_matrix(train, columns, quantized=True)
+    del train
+    booster = train_full(dtrain, columns, settings.training)
+    del dtrain
     result.train_seconds = time.perf_counter() - wall
     result.train_cpu_seconds = time.process_time() - cpu
     result.trees = tree_count(booster)

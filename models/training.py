@@ -99,11 +99,13 @@ def split_holdout(rows: pd.DataFrame, share: float, seed: int) -> tuple[pd.DataF
     return train_rows, holdout_rows
 
 
-def train_full(rows: pd.DataFrame, feature_columns: Sequence[str], cfg: TrainingConfig) -> xgb.Booster:
+def train_full(rows: pd.DataFrame | xgb.DMatrix, feature_columns: Sequence[str], cfg: TrainingConfig) -> xgb.Booster:
     """Train a new model of ``cfg.full_train_trees`` trees at ``cfg.learning_rate``.
 
     Args:
-        rows: Training rows (see the module docstring); both label values must occur.
+        rows: Training rows (see the module docstring); both label values must occur. Or
+            their ``training_matrix(rows, feature_columns, quantized=True)``, which lets
+            the caller free the rows before the training.
         feature_columns: Numeric feature columns, in the order the model will expect them.
         cfg: Training settings.
 
@@ -114,7 +116,7 @@ def train_full(rows: pd.DataFrame, feature_columns: Sequence[str], cfg: Training
         TrainingDataError: Rows miss a column, a feature is not numeric or is infinite,
             or labels are not 0/1 or all the same.
     """
-    dtrain = _training_matrix(rows, feature_columns, quantized=True)
+    dtrain = rows if isinstance(rows, xgb.DMatrix) else training_matrix(rows, feature_columns, quantized=True)
     params = training_params(cfg, learning_rate=cfg.learning_rate)
     booster = xgb.train(params, dtrain, num_boost_round=cfg.full_train_trees)
     if logger.isEnabledFor(logging.INFO):
@@ -129,7 +131,7 @@ def train_full(rows: pd.DataFrame, feature_columns: Sequence[str], cfg: Training
 
 
 def continue_training(
-    champion: xgb.Booster, rows: pd.DataFrame, feature_columns: Sequence[str], cfg: TrainingConfig
+    champion: xgb.Booster, rows: pd.DataFrame | xgb.DMatrix, feature_columns: Sequence[str], cfg: TrainingConfig
 ) -> xgb.Booster:
     """Append ``cfg.trees_per_day`` trees to a copy of the champion at ``cfg.continued_learning_rate``.
 
@@ -138,7 +140,8 @@ def continue_training(
 
     Args:
         champion: The model to continue from.
-        rows: Training rows of the new day(s); both label values must occur.
+        rows: Training rows of the new day(s); both label values must occur. Or their
+            ``training_matrix(rows, feature_columns)`` (not quantized).
         feature_columns: Feature columns; they must equal the champion's feature names, in order.
         cfg: Training settings.
 
@@ -150,7 +153,9 @@ def continue_training(
         TrainingDataError: The rows do not fit the input contract (see ``train_full``).
     """
     _check_model_features(champion, feature_columns)
-    dtrain = _training_matrix(rows, feature_columns)
+    if isinstance(rows, xgb.QuantileDMatrix):
+        raise TrainingDataError("continued training needs the exact feature values: build the matrix with quantized=False")
+    dtrain = rows if isinstance(rows, xgb.DMatrix) else training_matrix(rows, feature_columns)
     params = training_params(cfg, learning_rate=cfg.continued_learning_rate)
     parent_trees = tree_count(champion)
     booster = xgb.train(params, dtrain, num_boost_round=cfg.trees_per_day, xgb_model=champion.copy())
@@ -384,7 +389,7 @@ def _labels(rows: pd.DataFrame) -> np.ndarray:
     return values
 
 
-def _training_matrix(
+def training_matrix(
     rows: pd.DataFrame, feature_columns: Sequence[str], *, quantized: bool = False
 ) -> xgb.DMatrix | xgb.QuantileDMatrix:
     """Build the training matrix of the rows in the order of their keys.

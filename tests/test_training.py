@@ -15,7 +15,7 @@ import pytest
 from freshrank.config import TrainingConfig
 from freshrank.errors import FeatureMismatchError, TrainingDataError
 from models.evaluation import evaluate
-from models.training import continue_training, predict, split_holdout, train_full, tree_count
+from models.training import continue_training, predict, split_holdout, train_full, training_matrix, tree_count
 
 FEATURES = ["affinity", "price", "popularity", "noise"]
 CONFIG = TrainingConfig(full_train_trees=30, trees_per_day=5, max_depth=4, nthread=2, seed=7)
@@ -364,3 +364,23 @@ def test_predict_treats_nan_as_unknown(champion, rows: pd.DataFrame) -> None:
     scores = predict(champion, unknown, FEATURES)
 
     assert np.all(np.isfinite(scores))
+
+
+# Training from a prepared matrix
+
+def test_full_train_from_matrix_equals_rows(rows: pd.DataFrame, champion) -> None:
+    from_matrix = train_full(training_matrix(rows, FEATURES, quantized=True), FEATURES, CONFIG)
+    assert bytes(from_matrix.save_raw("ubj")) == bytes(champion.save_raw("ubj"))
+
+
+def test_continue_from_matrix_equals_rows(champion) -> None:
+    day_two = make_rows(days=("2011-01-06",), seed=2)
+    from_rows = continue_training(champion, day_two, FEATURES, CONFIG)
+    from_matrix = continue_training(champion, training_matrix(day_two, FEATURES), FEATURES, CONFIG)
+    assert bytes(from_matrix.save_raw("ubj")) == bytes(from_rows.save_raw("ubj"))
+
+
+def test_continue_rejects_quantized_matrix(champion) -> None:
+    quantized = training_matrix(make_rows(days=("2011-01-06",), seed=2), FEATURES, quantized=True)
+    with pytest.raises(TrainingDataError, match="exact feature values"):
+        continue_training(champion, quantized, FEATURES, CONFIG)
