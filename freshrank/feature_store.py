@@ -12,6 +12,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -278,8 +279,14 @@ def _partition_rows(settings: Settings, view: str, first: date, last: date) -> i
 
 
 def bulk_materialize(settings: Settings, store: FeatureStore, first: date, last: date) -> dict[str, int]:
-    """Write the newest row per entity of the partitions ``first`` .. ``last`` with the bulk writer."""
-    import pyarrow as pa
+    """Write the newest row per entity of the partitions ``first`` .. ``last`` with the bulk writer.
+
+    A view's rows are read and written in buckets of entities (a hash of the join keys),
+    about ``_FULL_WRITE_BUCKET_ROWS`` partition rows each, so a full write of a large
+    partition holds one bucket in memory. Each bucket is its own transaction; the
+    watermark is written only after every bucket of every view, so an interrupted write
+    is repeated whole.
+    """
     import pyarrow.parquet as pq
 
     from freshrank.online_writer import write_redis, write_sqlite
@@ -288,14 +295,42 @@ def bulk_materialize(settings: Settings, store: FeatureStore, first: date, last:
     written = {}
     for view in FEATURE_VIEWS:
         paths = [
-            partition_path(settings.offline_dir, view, first + timedelta(days=offset))
+            path
             for offset in range((last - first).days + 1)
+            if (path := partition_path(settings.offline_dir, view, first + timedelta(days=offset))).exists()
         ]
-        tables = [pq.read_table(path) for path in paths if path.exists()]
-        table = pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
-        stats = write(store, view, table, feature_columns(view, settings.features))
-        written[view] = stats.entities
+        written[view] = 0
+        if not paths:
+            continue
+        total = sum(pq.ParquetFile(path).metadata.num_rows for path in paths)
+        buckets = max(1, -(-total // _FULL_WRITE_BUCKET_ROWS))
+        features = feature_columns(view, settings.features)
+        for bucket in range(buckets):
+            table = _bucket_rows(settings, paths, list(ENTITY_KEYS[view]), bucket, buckets)
+            written[view] += write(store, view, table, features).entities
     return written
+
+
+_FULL_WRITE_BUCKET_ROWS = 2_000_000
+"""Partition rows per bucket of a full online write."""
+
+
+def _bucket_rows(settings: Settings, paths: list[Path], join_keys: list[str], bucket: int, buckets: int):
+    """Read the rows of ``paths`` whose entity falls in ``bucket`` of ``buckets``, columns united by name."""
+    import duckdb
+
+    files = ", ".join("'" + str(path).replace("'", "''") + "'" for path in paths)
+    keys = ", ".join('"' + key.replace('"', '""') + '"' for key in join_keys)
+    query = f"SELECT * FROM read_parquet([{files}], union_by_name = true)"
+    if buckets > 1:
+        query += f" WHERE hash({keys}) % {buckets} = {bucket}"
+    connection = duckdb.connect()
+    try:
+        connection.execute("SET TimeZone = 'UTC'")
+        settings.duckdb_memory.apply(connection)
+        return connection.sql(query).to_arrow_table()
+    finally:
+        connection.close()
 
 
 @dataclass

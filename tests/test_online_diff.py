@@ -42,7 +42,7 @@ from freshrank.features import (
 )
 from freshrank.increments import day_bounds
 from freshrank.online_watermark import clear_watermark, online_as_of_us, read_watermark
-from freshrank import online_writer
+from freshrank import feature_store, online_writer
 from freshrank.training_rows import build_training_rows
 
 FIRST_DAY = date(2024, 2, 10)
@@ -153,9 +153,10 @@ def nonnull_row_ages_days(settings: Settings, view: str, stored: dict, newest_da
 def replayed(tmp_path_factory, core_home_builder, core_shop, core_publish, core_event_row) -> tuple[Settings, dict, dict]:
     """The tiny shop replayed into the SQLite online store with diff writes."""
     settings = core_home_builder(tmp_path_factory.mktemp("diff") / "home", core_shop(), ())
-    # Chunks of a few entities, so that every write spans several chunks.
+    # Chunks and buckets of a few entities, so that every write spans several of them.
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(online_writer, "_CHUNK_ROWS", SMALL_CHUNK)
+        patch.setattr(feature_store, "_FULL_WRITE_BUCKET_ROWS", SMALL_CHUNK)
         writes, before_correction = replay(settings, core_publish, core_event_row)
     return settings, writes, before_correction
 
@@ -399,6 +400,7 @@ def test_redis_replay_like_full_writes(redis_home: Settings, core_publish, core_
 
     client = redis_client.Redis.from_url(f"redis://{settings.online_store.connection_string}")
     monkeypatch.setattr(online_writer, "_CHUNK_ROWS", SMALL_CHUNK)
+    monkeypatch.setattr(feature_store, "_FULL_WRITE_BUCKET_ROWS", SMALL_CHUNK)
     writes, _ = replay(settings, core_publish, core_event_row)
     assert max(max(write.rows.values()) for write in writes.values()) > 2 * SMALL_CHUNK
     assert writes["2024-03-12"].mode == "diff"
