@@ -490,8 +490,22 @@ def _run_suite(template: dict, planned: list[dict], batch_frame: pd.DataFrame, p
     result_format = {"result_format": "SUMMARY", "partial_unexpected_count": EXAMPLE_ROWS}
     with runtime.lock:
         batch = runtime.batch_definition.get_batch(batch_parameters={"dataframe": batch_frame})
-        result = batch.validate(suite, expectation_parameters=parameters, result_format=result_format)
+        try:
+            result = batch.validate(suite, expectation_parameters=parameters, result_format=result_format)
+        finally:
+            _release_batch(batch)
     return result.to_json_dict()
+
+
+def _release_batch(batch) -> None:
+    """Drop the shared execution engine's reference to the batch's frame.
+
+    GE's pandas engine keeps the data of the batches it loaded until the process ends.
+    Without this, the frame of a 2.5M-row increment kept about 0.8 GiB after its validation.
+    """
+    manager = batch.data.execution_engine.batch_manager
+    manager.batch_data_cache.clear()
+    manager.reset_batch_cache()
 
 
 # --- From GE results to outcomes --------------------------------------------------------------

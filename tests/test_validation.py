@@ -123,6 +123,17 @@ def test_clean_increment_passes():
     assert len(result.outcomes) == 19
 
 
+def test_validation_releases_the_frame():
+    import gc
+
+    from great_expectations.execution_engine.pandas_batch_data import PandasBatchData
+
+    assert run(make_increment()).success
+    gc.collect()
+    held = [data for data in gc.get_objects() if isinstance(data, PandasBatchData) and len(data.dataframe)]
+    assert held == []
+
+
 @pytest.mark.parametrize("expected", sorted(DEFECTS))
 def test_defect_fails_its_expectation(expected):
     frame = DEFECTS[expected](make_increment())
