@@ -283,7 +283,7 @@ def bulk_materialize(settings: Settings, store: FeatureStore, first: date, last:
 
     A view's rows are read and written in buckets of entities (a hash of the join keys),
     about ``_FULL_WRITE_BUCKET_ROWS`` partition rows each, so a full write of a large
-    partition holds one bucket in memory. Each bucket is its own transaction; the
+    partition keeps one bucket in memory. Each bucket is its own transaction; the
     watermark is written only after every bucket of every view, so an interrupted write
     is repeated whole.
     """

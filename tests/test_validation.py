@@ -130,8 +130,8 @@ def test_validation_releases_the_frame():
 
     assert run(make_increment()).success
     gc.collect()
-    held = [data for data in gc.get_objects() if isinstance(data, PandasBatchData) and len(data.dataframe)]
-    assert held == []
+    cached = [data for data in gc.get_objects() if isinstance(data, PandasBatchData) and len(data.dataframe)]
+    assert cached == []
 
 
 @pytest.mark.parametrize("expected", sorted(DEFECTS))
