@@ -319,8 +319,10 @@ def _bucket_rows(settings: Settings, paths: list[Path], join_keys: list[str], bu
     """Read the rows of ``paths`` whose entity falls in ``bucket`` of ``buckets``, columns united by name."""
     import duckdb
 
-    files = ", ".join("'" + str(path).replace("'", "''") + "'" for path in paths)
-    keys = ", ".join('"' + key.replace('"', '""') + '"' for key in join_keys)
+    from freshrank.online_writer import _literal, _quoted
+
+    files = ", ".join(_literal(path) for path in paths)
+    keys = ", ".join(_quoted(key) for key in join_keys)
     query = f"SELECT * FROM read_parquet([{files}], union_by_name = true)"
     if buckets > 1:
         query += f" WHERE hash({keys}) % {buckets} = {bucket}"

@@ -161,7 +161,7 @@ def write_training_rows(settings: Settings, day: date, rows: pd.DataFrame) -> Pa
 
 @dataclass(frozen=True)
 class StoredRows:
-    """What ``write_training_row_chunks`` wrote: the file and its row, positive and user counts."""
+    """File and counts (rows, positives, users) of the training rows that ``write_training_row_chunks`` wrote."""
 
     path: Path
     rows: int

@@ -114,7 +114,7 @@ def branches_may_overlap(settings: Settings, day: date) -> bool:
     The model branch joins training rows against the feature partitions; a home's first
     day has none until the online branch computes the day's own. A day with more events
     than ``orchestration.concurrent_branches_max_events`` runs its branches in turn, so
-    that the process holds the memory of one branch at a time.
+    that the process keeps the memory of one branch at a time.
     """
     if not every_view_has_a_partition(settings):
         return False

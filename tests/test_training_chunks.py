@@ -76,8 +76,8 @@ def test_chunk_writer_counts_and_concatenates(core_settings: Settings) -> None:
 
 
 def test_failed_chunk_keeps_stored_rows(core_settings: Settings) -> None:
-    kept = rows_of(["u9"], 1)
-    write_training_rows(core_settings, FUNNEL_DAY, kept)
+    stored_before = rows_of(["u9"], 1)
+    write_training_rows(core_settings, FUNNEL_DAY, stored_before)
 
     def chunks():
         yield rows_of(["u1"], 1)
@@ -85,7 +85,7 @@ def test_failed_chunk_keeps_stored_rows(core_settings: Settings) -> None:
 
     with pytest.raises(RuntimeError, match="join failed"):
         write_training_row_chunks(core_settings, FUNNEL_DAY, chunks())
-    pd.testing.assert_frame_equal(read_training_rows(core_settings, [FUNNEL_DAY]), kept)
+    pd.testing.assert_frame_equal(read_training_rows(core_settings, [FUNNEL_DAY]), stored_before)
     assert [path.name for path in training_rows_path(core_settings, FUNNEL_DAY).parent.iterdir()] == ["2024-03-10.parquet"]
 
 
