@@ -34,6 +34,12 @@ ENTITY_KEYS: dict[str, tuple[str, ...]] = {
     "user_category_features": ("user_id", "category"),
 }
 TIMESTAMP_COLUMNS = ("event_timestamp", "created_timestamp")
+EXACT_PRICE = "price::DECIMAL(38, 6)"
+"""Price as a decimal of micro-units. A sum of doubles depends on the order of its terms, and
+the warehouse's row order is not fixed. Decimal sums are exact, so a recomputed partition
+equals the first to the last bit."""
+EXACT_REVENUE = "(price * quantity)::DECIMAL(38, 6)"
+"""Revenue of one event in micro-units, for the same reason."""
 ATTRIBUTE_COLUMNS: dict[str, tuple[str, ...]] = {"item_features": ("category",)}
 """Per view, stored columns that are not features: ``category`` of an item is the key its
 user x category features are looked up by, in training rows and at serving time."""
@@ -128,12 +134,12 @@ def user_features_sql(day: date, config: FeatureConfig) -> str:
         w.user_id,
         $as_of::TIMESTAMPTZ AS event_timestamp,
         {counts},
-        coalesce(sum(price * quantity) FILTER (event_type = 'purchase'), 0)::DOUBLE AS u_revenue_{long}d,
+        coalesce(sum({EXACT_REVENUE}) FILTER (event_type = 'purchase'), 0)::DOUBLE AS u_revenue_{long}d,
         (count(*) FILTER (event_type = 'purchase'))
             / nullif(count(*) FILTER (event_type = 'view'), 0)::DOUBLE AS u_view_conversion_{long}d,
         count(DISTINCT item_id)::DOUBLE AS u_distinct_items_{long}d,
         count(DISTINCT event_day)::DOUBLE AS u_active_days_{long}d,
-        avg(price)::DOUBLE AS u_avg_price_{long}d,
+        avg({EXACT_PRICE})::DOUBLE AS u_avg_price_{long}d,
         epoch_us(max(event_time))::DOUBLE AS u_last_event_epoch_us,
         epoch_us(max(event_time) FILTER (event_type = 'purchase'))::DOUBLE AS u_last_purchase_epoch_us,
         any_value(c.top_share)::DOUBLE AS u_top_category_share_{long}d
@@ -156,11 +162,12 @@ def item_features_sql(day: date, config: FeatureConfig) -> str:
         count(DISTINCT user_id) FILTER (event_day >= DATE '{week_first}')::DOUBLE AS i_distinct_users_7d,
         epoch_us(max(event_time))::DOUBLE AS i_last_event_epoch_us,
         count(DISTINCT user_id)::DOUBLE AS i_distinct_users_{long}d,
-        coalesce(sum(price * quantity) FILTER (event_type = 'purchase'), 0)::DOUBLE AS i_revenue_{long}d,
+        coalesce(sum({EXACT_REVENUE}) FILTER (event_type = 'purchase'), 0)::DOUBLE AS i_revenue_{long}d,
         (count(*) FILTER (event_type = 'purchase'))
             / nullif(count(*) FILTER (event_type = 'view'), 0)::DOUBLE AS i_view_conversion_{long}d,
         median(price)::DOUBLE AS i_price,
-        arg_max(category, event_time) FILTER (category IS NOT NULL) AS category,
+        -- the latest category; of two at the same instant, the greater, whatever the row order
+        arg_max(category, (event_time, category)) FILTER (category IS NOT NULL) AS category,
         epoch_us(max(event_time) FILTER (event_type = 'purchase'))::DOUBLE AS i_last_purchase_epoch_us,
         (count(*) FILTER (event_type = 'purchase' AND event_day >= DATE '{week_first}')) * ({long} / 7.0)
             / nullif(count(*) FILTER (event_type = 'purchase'), 0)::DOUBLE AS i_purchase_trend

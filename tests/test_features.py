@@ -373,3 +373,30 @@ def test_no_temporary_files_left(core_tiny_home: Settings) -> None:
 def test_first_partition_has_no_expiry(tmp_path: Path, core_home_builder, core_shop) -> None:
     settings = core_home_builder(tmp_path / "home", core_shop(), (DAY,))
     assert read_partition(settings, "user_features", DAY)["user_id"].tolist() == ["u1", "u2"]
+
+
+def test_values_do_not_depend_on_row_order(tmp_path: Path, core_home_builder, core_event_row) -> None:
+    """Float sums depend on the order of their terms: (0.1 + 0.2) + 0.3 != 0.1 + (0.2 + 0.3).
+
+    The same events published in two orders must give byte-equal partitions. An item seen in
+    two categories at one instant takes the same one in both.
+    """
+    events = []
+    for minute, price in enumerate((0.1, 0.2, 0.3, 0.7)):
+        for event_type in ("view", "purchase"):
+            row = core_event_row(f"2024-03-10 08:{minute:02d}", "u1", "i1", event_type)
+            events.append({**row, "price": price})
+    events.append({**core_event_row("2024-03-10 09:00", "u2", "i2", "view"), "category": "garden"})
+    events.append({**core_event_row("2024-03-10 09:00", "u3", "i2", "view"), "category": "books"})
+    frame = pd.DataFrame(events)
+    homes = [
+        core_home_builder(tmp_path / name, {DAY: ordered.reset_index(drop=True)}, (DAY,))
+        for name, ordered in (("forward", frame), ("reversed", frame.iloc[::-1]))
+    ]
+    for view in ("user_features", "item_features"):
+        forward, backward = (partition_path(home.offline_dir, view, DAY).read_bytes() for home in homes)
+        assert forward == backward, view
+    items = read_partition(homes[0], "item_features", DAY).set_index("item_id")
+    assert items.loc["i2", "category"] == "garden"
+    users = read_partition(homes[0], "user_features", DAY).set_index("user_id")
+    assert users.loc["u1", "u_avg_price_28d"] == pytest.approx(1.3 / 4)
