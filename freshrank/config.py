@@ -165,6 +165,9 @@ class OnlineStoreConfig(_Strict):
     """Entities read back after each materialization to compare with offline values."""
     writer: str = "bulk"
     """``bulk``: freshrank's writer in Feast's layout (fast); ``feast``: ``FeatureStore.materialize``."""
+    full_write_bucket_rows: int = Field(default=2_000_000, gt=0)
+    """Partition rows per bucket of a full online write with the bulk writer. A bucket is
+    held in memory and written in one transaction; smaller buckets lower the peak memory."""
 
     @field_validator("writer")
     @classmethod

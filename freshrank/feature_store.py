@@ -267,52 +267,44 @@ def diff_materialize(settings: Settings, store: FeatureStore, day: date) -> dict
     return written
 
 
+def _existing_partitions(settings: Settings, view: str, first: date, last: date) -> list[Path]:
+    """Return the partition files of ``view`` from ``first`` to ``last`` that exist, oldest first."""
+    days = (first + timedelta(days=offset) for offset in range((last - first).days + 1))
+    paths = (partition_path(settings.offline_dir, view, day) for day in days)
+    return [path for path in paths if path.exists()]
+
+
 def _partition_rows(settings: Settings, view: str, first: date, last: date) -> int:
     import pyarrow.parquet as pq
 
-    total = 0
-    for offset in range((last - first).days + 1):
-        path = partition_path(settings.offline_dir, view, first + timedelta(days=offset))
-        if path.exists():
-            total += pq.ParquetFile(path).metadata.num_rows
-    return total
+    return sum(pq.ParquetFile(path).metadata.num_rows for path in _existing_partitions(settings, view, first, last))
 
 
 def bulk_materialize(settings: Settings, store: FeatureStore, first: date, last: date) -> dict[str, int]:
     """Write the newest row per entity of the partitions ``first`` .. ``last`` with the bulk writer.
 
     A view's rows are read and written in buckets of entities (a hash of the join keys),
-    about ``_FULL_WRITE_BUCKET_ROWS`` partition rows each, so a full write of a large
-    partition keeps one bucket in memory. Each bucket is its own transaction; the
+    about ``online_store.full_write_bucket_rows`` partition rows each, so a full write of a
+    large partition keeps one bucket in memory. Each bucket is its own transaction; the
     watermark is written only after every bucket of every view, so an interrupted write
     is repeated whole.
     """
-    import pyarrow.parquet as pq
-
     from freshrank.online_writer import write_redis, write_sqlite
 
     write = write_redis if settings.online_store.type == "redis" else write_sqlite
+    bucket_rows = settings.online_store.full_write_bucket_rows
     written = {}
     for view in FEATURE_VIEWS:
-        paths = [
-            path
-            for offset in range((last - first).days + 1)
-            if (path := partition_path(settings.offline_dir, view, first + timedelta(days=offset))).exists()
-        ]
+        paths = _existing_partitions(settings, view, first, last)
         written[view] = 0
         if not paths:
             continue
-        total = sum(pq.ParquetFile(path).metadata.num_rows for path in paths)
-        buckets = max(1, -(-total // _FULL_WRITE_BUCKET_ROWS))
+        buckets = max(1, -(-_partition_rows(settings, view, first, last) // bucket_rows))
         features = feature_columns(view, settings.features)
         for bucket in range(buckets):
             table = _bucket_rows(settings, paths, list(ENTITY_KEYS[view]), bucket, buckets)
             written[view] += write(store, view, table, features).entities
     return written
-
-
-_FULL_WRITE_BUCKET_ROWS = 2_000_000
-"""Partition rows per bucket of a full online write."""
 
 
 def _bucket_rows(settings: Settings, paths: list[Path], join_keys: list[str], bucket: int, buckets: int):
@@ -348,17 +340,31 @@ class ProbeResult:
         return not self.mismatches
 
 
-def expected_online_rows(settings: Settings, view: str, first: date, last: date) -> pd.DataFrame:
-    """Return the newest offline row per entity among the partitions ``first`` .. ``last``."""
-    paths = [
-        partition_path(settings.offline_dir, view, first + timedelta(days=offset))
-        for offset in range((last - first).days + 1)
-    ]
-    frames = [pd.read_parquet(path) for path in paths if path.exists()]
+def expected_online_rows(
+    settings: Settings, view: str, first: date, last: date, entities: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """Return the newest row per entity of the partitions ``first`` .. ``last``: what the online store should hold.
+
+    With ``entities`` (a frame of the view's join keys), only the rows of those entities are
+    kept, partition by partition, so a probe of a few entities keeps no whole partition in memory.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    keys = list(ENTITY_KEYS[view])
+    selected = None
+    if entities is not None:
+        selected = pa.Table.from_pandas(entities[keys].drop_duplicates(), preserve_index=False)
+    frames = []
+    for path in _existing_partitions(settings, view, first, last):
+        table = pq.read_table(path)
+        if selected is not None:
+            table = table.join(selected.cast(table.select(keys).schema), keys, join_type="left semi")
+        frames.append(table.to_pandas())
     if not frames:
         return pd.DataFrame()
     rows = pd.concat(frames, ignore_index=True).sort_values("event_timestamp", kind="stable")
-    return rows.drop_duplicates(list(ENTITY_KEYS[view]), keep="last").reset_index(drop=True)
+    return rows.drop_duplicates(keys, keep="last").reset_index(drop=True)
 
 
 def probe_online(settings: Settings, day: date, store: FeatureStore | None = None, seed: int = 0) -> ProbeResult:
@@ -367,19 +373,24 @@ def probe_online(settings: Settings, day: date, store: FeatureStore | None = Non
     The sample comes from ``day``'s partitions; the expected value of an entity is its newest
     offline row up to the newest feature day, which is what ``materialize_day`` writes.
     """
+    import pyarrow.parquet as pq
+
+    from freshrank.parquet_rows import read_positions, sample_positions
+
     store = store or open_store(settings)
     newest = max(day, newest_feature_day(settings) or day)
     result = ProbeResult()
     for view in FEATURE_VIEWS:
-        offline = pd.read_parquet(partition_path(settings.offline_dir, view, day))
-        if offline.empty:
+        path = partition_path(settings.offline_dir, view, day)
+        total = pq.ParquetFile(path).metadata.num_rows
+        if total == 0:
             continue
         keys = list(ENTITY_KEYS[view])
-        sample = offline.sample(n=min(settings.online_store.probe_sample, len(offline)), random_state=seed)[keys]
+        # Only the sampled rows are read: a partition can hold millions of entities.
+        sample = read_positions(path, sample_positions(total, settings.online_store.probe_sample, seed)).to_pandas()
         if newest > day:
-            sample = sample.merge(expected_online_rows(settings, view, day, newest), on=keys, how="left")
-        else:
-            sample = sample.merge(offline, on=keys, how="left")
+            expected = expected_online_rows(settings, view, day, newest, entities=sample[keys])
+            sample = sample[keys].merge(expected, on=keys, how="left")
         names = feature_columns(view, settings.features)
         online = store.get_online_features(
             features=[f"{view}:{name}" for name in names],

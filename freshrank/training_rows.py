@@ -224,20 +224,21 @@ def sample_stored_rows(settings: Settings, days: list[date], max_rows: int, seed
     """
     import pyarrow.parquet as pq
 
+    from freshrank.parquet_rows import read_positions, sample_positions
+
     paths = [path for day in days if (path := training_rows_path(settings, day)).exists()]
     counts = [pq.ParquetFile(path).metadata.num_rows for path in paths]
     total = sum(counts)
     if total <= max_rows:
         frames = [pq.read_table(path, columns=columns).to_pandas() for path in paths]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
-    # pandas' DataFrame.sample(n, random_state=seed) draws these positions.
-    positions = np.random.RandomState(seed).choice(total, size=max_rows, replace=False)
+    positions = sample_positions(total, max_rows, seed)
     pieces = []
     offset = 0
     for path, count in zip(paths, counts):
         inside = positions[(positions >= offset) & (positions < offset + count)]
         if len(inside):
-            piece = pq.read_table(path, columns=columns).take(inside - offset).to_pandas()
+            piece = read_positions(path, inside - offset, columns).to_pandas()
             pieces.append(piece.set_axis(inside, axis=0))
         offset += count
     return pd.concat(pieces).loc[positions]

@@ -5,9 +5,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 
-from freshrank.config import Settings
+from freshrank.config import Settings, load_settings
+from freshrank.errors import ConfigError
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 EXAMPLE_ONLY = {"timezone", "start_day"}
@@ -40,3 +42,10 @@ def test_documented_values_are_the_defaults(tmp_path):
 def test_documented_example_loads(tmp_path):
     settings = Settings(home=tmp_path, **_documented())
     assert settings.orchestration.concurrent_branches is True
+
+
+def test_zero_bucket_rows_rejected(tmp_path):
+    (tmp_path / "freshrank.yaml").write_text("online_store:\n  full_write_bucket_rows: 0\n")
+    with pytest.raises(ConfigError, match="full_write_bucket_rows") as raised:
+        load_settings(tmp_path)
+    assert "freshrank.yaml" in str(raised.value)

@@ -42,7 +42,7 @@ from freshrank.features import (
 )
 from freshrank.increments import day_bounds
 from freshrank.online_watermark import clear_watermark, online_as_of_us, read_watermark
-from freshrank import feature_store, online_writer
+from freshrank import online_writer
 from freshrank.training_rows import build_training_rows
 
 FIRST_DAY = date(2024, 2, 10)
@@ -149,14 +149,20 @@ def nonnull_row_ages_days(settings: Settings, view: str, stored: dict, newest_da
     return ages
 
 
+def small_buckets(settings: Settings) -> Settings:
+    """Save ``settings`` with full writes in buckets of ``SMALL_CHUNK`` partition rows."""
+    online = settings.online_store.model_copy(update={"full_write_bucket_rows": SMALL_CHUNK})
+    save_settings(settings.model_copy(update={"online_store": online}))
+    return load_settings(settings.home)
+
+
 @pytest.fixture(scope="module")
 def replayed(tmp_path_factory, core_home_builder, core_shop, core_publish, core_event_row) -> tuple[Settings, dict, dict]:
     """The tiny shop replayed into the SQLite online store with diff writes."""
-    settings = core_home_builder(tmp_path_factory.mktemp("diff") / "home", core_shop(), ())
+    settings = small_buckets(core_home_builder(tmp_path_factory.mktemp("diff") / "home", core_shop(), ()))
     # Chunks and buckets of a few entities, so that every write spans several of them.
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(online_writer, "_CHUNK_ROWS", SMALL_CHUNK)
-        patch.setattr(feature_store, "_FULL_WRITE_BUCKET_ROWS", SMALL_CHUNK)
         writes, before_correction = replay(settings, core_publish, core_event_row)
     return settings, writes, before_correction
 
@@ -395,12 +401,11 @@ def redis_home(tmp_path: Path, redis_server: str, core_home_builder, core_shop) 
 
 
 def test_redis_replay_like_full_writes(redis_home: Settings, core_publish, core_event_row, monkeypatch) -> None:
-    settings = redis_home
+    settings = small_buckets(redis_home)
     import redis as redis_client
 
     client = redis_client.Redis.from_url(f"redis://{settings.online_store.connection_string}")
     monkeypatch.setattr(online_writer, "_CHUNK_ROWS", SMALL_CHUNK)
-    monkeypatch.setattr(feature_store, "_FULL_WRITE_BUCKET_ROWS", SMALL_CHUNK)
     writes, _ = replay(settings, core_publish, core_event_row)
     assert max(max(write.rows.values()) for write in writes.values()) > 2 * SMALL_CHUNK
     assert writes["2024-03-12"].mode == "diff"
