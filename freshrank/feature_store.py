@@ -346,19 +346,22 @@ def expected_online_rows(
     """Return the newest row per entity of the partitions ``first`` .. ``last``: what the online store should hold.
 
     With ``entities`` (a frame of the view's join keys), only the rows of those entities are
-    kept, partition by partition, so a probe of a few entities keeps no whole partition in memory.
+    read: Arrow filters each partition batch by batch on the key values, so a probe of a few
+    entities keeps no whole partition in memory.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     keys = list(ENTITY_KEYS[view])
-    selected = None
+    selected, filters = None, None
     if entities is not None:
         selected = pa.Table.from_pandas(entities[keys].drop_duplicates(), preserve_index=False)
+        filters = [(key, "in", sorted(set(entities[key]))) for key in keys]
     frames = []
     for path in _existing_partitions(settings, view, first, last):
-        table = pq.read_table(path)
+        table = pq.read_table(path, filters=filters)
         if selected is not None:
+            # The filters keep every combination of the key values; the join keeps the entities.
             table = table.join(selected.cast(table.select(keys).schema), keys, join_type="left semi")
         frames.append(table.to_pandas())
     if not frames:

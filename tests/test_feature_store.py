@@ -13,6 +13,7 @@ from freshrank.errors import FeatureStoreError
 from freshrank.feature_store import (
     FEAST_PROJECT,
     day_start,
+    expected_online_rows,
     feature_refs,
     historical_features,
     materialize_day,
@@ -225,3 +226,14 @@ def test_probe_reports_changed_offline_values(core_tiny_home: Settings, core_pub
     mismatch = next(m for m in result.mismatches if m["feature"] == "u_views_1d")
     assert mismatch["offline"] == 2.0
     assert mismatch["online"] == 1.0
+
+
+def test_expected_rows_of_chosen_entities(core_tiny_home: Settings) -> None:
+    # Two keys: filters on each key's values alone would also keep (u1, i2) and (u2, i1).
+    settings = core_tiny_home
+    every = expected_online_rows(settings, "user_item_features", date(2024, 3, 1), DAY)
+    chosen = pd.DataFrame({"user_id": ["u1", "u2"], "item_id": ["i1", "i2"]})
+    rows = expected_online_rows(settings, "user_item_features", date(2024, 3, 1), DAY, entities=chosen)
+    expected = every.merge(chosen, on=["user_id", "item_id"]).sort_values(["user_id", "item_id"], ignore_index=True)
+    assert set(zip(every["user_id"], every["item_id"])) >= {("u1", "i2"), ("u2", "i1")}
+    pd.testing.assert_frame_equal(rows.sort_values(["user_id", "item_id"], ignore_index=True), expected)
