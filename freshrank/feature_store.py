@@ -309,22 +309,14 @@ def bulk_materialize(settings: Settings, store: FeatureStore, first: date, last:
 
 def _bucket_rows(settings: Settings, paths: list[Path], join_keys: list[str], bucket: int, buckets: int):
     """Read the rows of ``paths`` whose entity falls in ``bucket`` of ``buckets``, columns united by name."""
-    import duckdb
+    from freshrank.warehouse import arrow_query, sql_identifier, sql_string
 
-    from freshrank.online_writer import _literal, _quoted
-
-    files = ", ".join(_literal(path) for path in paths)
-    keys = ", ".join(_quoted(key) for key in join_keys)
+    files = ", ".join(sql_string(path) for path in paths)
+    keys = ", ".join(sql_identifier(key) for key in join_keys)
     query = f"SELECT * FROM read_parquet([{files}], union_by_name = true)"
     if buckets > 1:
         query += f" WHERE hash({keys}) % {buckets} = {bucket}"
-    connection = duckdb.connect()
-    try:
-        connection.execute("SET TimeZone = 'UTC'")
-        settings.duckdb_memory.apply(connection)
-        return connection.sql(query).to_arrow_table()
-    finally:
-        connection.close()
+    return arrow_query(query, settings.duckdb_memory)
 
 
 @dataclass

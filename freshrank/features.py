@@ -22,7 +22,7 @@ import pandas as pd
 from freshrank.config import FeatureConfig
 from freshrank.faults import crash_point
 from freshrank.increments import day_bounds
-from freshrank.warehouse import MemoryBound, connect
+from freshrank.warehouse import MemoryBound, connect, sql_string
 
 logger = logging.getLogger(__name__)
 
@@ -274,7 +274,7 @@ def _with_expiry_rows(query: str, view: str, previous: Path | None) -> str:
     SELECT * FROM current
     UNION ALL BY NAME
     SELECT {keys}, $as_of::TIMESTAMPTZ AS event_timestamp
-    FROM read_parquet('{previous}') AS previous
+    FROM read_parquet({sql_string(previous)}) AS previous
     WHERE previous.{recency} IS NOT NULL
       AND NOT EXISTS (SELECT 1 FROM current WHERE {" AND ".join(f"current.{k} = previous.{k}" for k in ENTITY_KEYS[view])})
     """
@@ -299,10 +299,10 @@ def write_feature_partition(
     with connect(warehouse, read_only=True, memory=memory) as con:
         con.execute(
             f"COPY (SELECT *, $as_of::TIMESTAMPTZ AS created_timestamp FROM ({query}) ORDER BY ALL) "
-            f"TO '{temporary}' (FORMAT parquet, COMPRESSION zstd)",
+            f"TO {sql_string(temporary)} (FORMAT parquet, COMPRESSION zstd)",
             {"as_of": as_of},
         )
-        rows = con.execute(f"SELECT count(*) FROM read_parquet('{temporary}')").fetchone()[0]
+        rows = con.execute(f"SELECT count(*) FROM read_parquet({sql_string(temporary)})").fetchone()[0]
     crash_point("features.before_replace")
     os.replace(temporary, target)
     logger.info("wrote %s rows of %s for %s to %s", rows, view, day, target)

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -32,7 +31,7 @@ from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.protos.feast.types.Value_pb2 import ValueType
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from freshrank.warehouse import MemoryBound
+from freshrank.warehouse import MemoryBound, arrow_query, sql_identifier, sql_string
 
 logger = logging.getLogger(__name__)
 
@@ -130,32 +129,17 @@ def changed_rows(
     missing from ``current`` yield nothing, because they left earlier and their expiry row
     was written then. ``memory`` bounds the DuckDB connection.
     """
-    compared = ", ".join(_quoted(name) for name in [*join_keys, *features])
-    keys = ", ".join(_quoted(name) for name in join_keys)
+    compared = ", ".join(sql_identifier(name) for name in [*join_keys, *features])
+    keys = ", ".join(sql_identifier(name) for name in join_keys)
     query = f"""
         WITH changed AS (
-            SELECT {compared} FROM read_parquet({_literal(current)})
+            SELECT {compared} FROM read_parquet({sql_string(current)})
             EXCEPT
-            SELECT {compared} FROM read_parquet({_literal(previous)})
+            SELECT {compared} FROM read_parquet({sql_string(previous)})
         )
-        SELECT rows.* FROM read_parquet({_literal(current)}) AS rows SEMI JOIN changed USING ({keys})
+        SELECT rows.* FROM read_parquet({sql_string(current)}) AS rows SEMI JOIN changed USING ({keys})
     """
-    connection = duckdb.connect()
-    try:
-        connection.execute("SET TimeZone = 'UTC'")
-        if memory is not None:
-            memory.apply(connection)
-        return connection.sql(query).to_arrow_table()
-    finally:
-        connection.close()
-
-
-def _quoted(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _literal(path: Path) -> str:
-    return "'" + str(path).replace("'", "''") + "'"
+    return arrow_query(query, memory)
 
 
 def write_sqlite(store: FeatureStore, view: str, table: pa.Table, features: list[str]) -> WriteStats:

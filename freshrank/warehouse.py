@@ -82,7 +82,32 @@ class MemoryBound:
         self.temp_dir.mkdir(parents=True, exist_ok=True)
         execute = con.raw_sql if hasattr(con, "raw_sql") else con.execute
         execute(f"SET memory_limit = '{self.limit}'")
-        execute("SET temp_directory = '" + str(self.temp_dir).replace("'", "''") + "'")
+        execute(f"SET temp_directory = {sql_string(self.temp_dir)}")
+
+
+def sql_identifier(name: str) -> str:
+    """Return ``name`` quoted as a DuckDB identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def sql_string(value: object) -> str:
+    """Return ``str(value)`` (a path, say) as a DuckDB string literal."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def arrow_query(query: str, memory: MemoryBound | None = None):
+    """Run ``query`` on a new in-memory DuckDB connection with a UTC session and return a ``pyarrow.Table``.
+
+    ``memory`` bounds the connection; the query reads files (Parquet) rather than the warehouse.
+    """
+    connection = duckdb.connect()
+    try:
+        connection.execute("SET TimeZone = 'UTC'")
+        if memory is not None:
+            memory.apply(connection)
+        return connection.sql(query).to_arrow_table()
+    finally:
+        connection.close()
 
 
 @contextmanager

@@ -24,6 +24,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from freshrank.config import FeatureConfig
+from freshrank.warehouse import sql_string
 
 VIEW = "user_item_features"
 
@@ -63,10 +64,9 @@ def user_item_update_sql(day: date, config: FeatureConfig, previous: Path) -> st
     )
     purchases = f"ui_purchases_{window}d"
     total = " + ".join(list(counts)[:3])
-    path = str(previous).replace("'", "''")
     return f"""
     WITH kept AS (
-        SELECT * FROM read_parquet('{path}') WHERE ui_last_event_epoch_us IS NOT NULL
+        SELECT * FROM read_parquet({sql_string(previous)}) WHERE ui_last_event_epoch_us IS NOT NULL
     ),
     added AS ({per_day.format(day=day.isoformat())}),
     subtracted AS ({per_day.format(day=(day - timedelta(days=window)).isoformat())}),

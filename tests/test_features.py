@@ -400,3 +400,12 @@ def test_values_do_not_depend_on_row_order(tmp_path: Path, core_home_builder, co
     assert items.loc["i2", "category"] == "garden"
     users = read_partition(homes[0], "user_features", DAY).set_index("user_id")
     assert users.loc["u1", "u_avg_price_28d"] == pytest.approx(1.3 / 4)
+
+
+def test_home_path_with_quote(tmp_path: Path, core_home_builder, core_shop, core_feature_days) -> None:
+    # Partition paths go into DuckDB queries as string literals.
+    settings = core_home_builder(tmp_path / "shop's home", core_shop(), core_feature_days)
+    for view in FEATURE_VIEWS:
+        for day in core_feature_days:
+            assert partition_path(settings.offline_dir, view, day).exists(), (view, day)
+    assert read_partition(settings, "user_features", DAY)["user_id"].tolist() == ["u1", "u2"]
