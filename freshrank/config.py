@@ -167,7 +167,7 @@ class OnlineStoreConfig(_Strict):
     """``bulk``: freshrank's writer in Feast's layout (fast); ``feast``: ``FeatureStore.materialize``."""
     full_write_bucket_rows: int = Field(default=2_000_000, gt=0)
     """Partition rows per bucket of a full online write with the bulk writer. A bucket is
-    held in memory and written in one transaction; smaller buckets lower the peak memory."""
+    kept in memory and written in one transaction, so smaller buckets lower the peak memory."""
 
     @field_validator("writer")
     @classmethod

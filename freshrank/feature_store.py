@@ -275,9 +275,14 @@ def _existing_partitions(settings: Settings, view: str, first: date, last: date)
 
 
 def _partition_rows(settings: Settings, view: str, first: date, last: date) -> int:
+    return _row_count(_existing_partitions(settings, view, first, last))
+
+
+def _row_count(paths: list[Path]) -> int:
+    """Return the rows of the Parquet files ``paths``, from their footers."""
     import pyarrow.parquet as pq
 
-    return sum(pq.ParquetFile(path).metadata.num_rows for path in _existing_partitions(settings, view, first, last))
+    return sum(pq.ParquetFile(path).metadata.num_rows for path in paths)
 
 
 def bulk_materialize(settings: Settings, store: FeatureStore, first: date, last: date) -> dict[str, int]:
@@ -285,7 +290,7 @@ def bulk_materialize(settings: Settings, store: FeatureStore, first: date, last:
 
     A view's rows are read and written in buckets of entities (a hash of the join keys),
     about ``online_store.full_write_bucket_rows`` partition rows each, so a full write of a
-    large partition keeps one bucket in memory. Each bucket is its own transaction; the
+    large partition keeps one bucket in memory. Each bucket is its own transaction. The
     watermark is written only after every bucket of every view, so an interrupted write
     is repeated whole.
     """
@@ -299,7 +304,7 @@ def bulk_materialize(settings: Settings, store: FeatureStore, first: date, last:
         written[view] = 0
         if not paths:
             continue
-        buckets = max(1, -(-_partition_rows(settings, view, first, last) // bucket_rows))
+        buckets = max(1, -(-_row_count(paths) // bucket_rows))
         features = feature_columns(view, settings.features)
         for bucket in range(buckets):
             table = _bucket_rows(settings, paths, list(ENTITY_KEYS[view]), bucket, buckets)

@@ -375,7 +375,7 @@ def test_first_partition_has_no_expiry(tmp_path: Path, core_home_builder, core_s
     assert read_partition(settings, "user_features", DAY)["user_id"].tolist() == ["u1", "u2"]
 
 
-def test_values_do_not_depend_on_row_order(tmp_path: Path, core_home_builder, core_event_row) -> None:
+def test_values_independent_of_row_order(tmp_path: Path, core_home_builder, core_event_row) -> None:
     """Float sums depend on the order of their terms: (0.1 + 0.2) + 0.3 != 0.1 + (0.2 + 0.3).
 
     The same events published in two orders must give byte-equal partitions. An item seen in

@@ -1,4 +1,4 @@
-"""Rows read at positions equal the same rows taken from the whole file."""
+"""Rows read at positions equal the same rows rows from the whole file."""
 
 from __future__ import annotations
 
@@ -24,20 +24,20 @@ def parquet_file(tmp_path):
 
 def test_positions_across_row_groups(parquet_file):
     positions = np.array([49, 0, 13, 12, 5, 6, 48, 30])
-    taken = read_positions(parquet_file, positions)
-    assert taken.equals(pq.read_table(parquet_file).take(positions))
+    rows = read_positions(parquet_file, positions)
+    assert rows.equals(pq.read_table(parquet_file).take(positions))
 
 
 def test_selected_columns(parquet_file):
-    taken = read_positions(parquet_file, np.array([7, 3]), columns=["key"])
-    assert taken.column_names == ["key"]
-    assert taken.column("key").to_pylist() == ["k7", "k3"]
+    rows = read_positions(parquet_file, np.array([7, 3]), columns=["key"])
+    assert rows.column_names == ["key"]
+    assert rows.column("key").to_pylist() == ["k7", "k3"]
 
 
 def test_no_positions(parquet_file):
-    taken = read_positions(parquet_file, np.array([], dtype=np.int64))
-    assert taken.num_rows == 0
-    assert taken.schema == pq.read_schema(parquet_file)
+    rows = read_positions(parquet_file, np.array([], dtype=np.int64))
+    assert rows.num_rows == 0
+    assert rows.schema == pq.read_schema(parquet_file)
 
 
 def test_position_beyond_rows(parquet_file):
