@@ -248,9 +248,9 @@ def diff_materialize(settings: Settings, store: FeatureStore, day: date) -> dict
     ``window - 1`` days old.
     """
 
-    from freshrank.online_writer import WriteStats, changed_rows, write_redis, write_sqlite
+    from freshrank.online_writer import WriteStats, bulk_writer, changed_rows
 
-    write = write_redis if settings.online_store.type == "redis" else write_sqlite
+    write = bulk_writer(settings.online_store)
     previous = day - timedelta(days=1)
     written = {}
     for view in FEATURE_VIEWS:
@@ -294,9 +294,9 @@ def bulk_materialize(settings: Settings, store: FeatureStore, first: date, last:
     watermark is written only after every bucket of every view, so an interrupted write
     is repeated whole.
     """
-    from freshrank.online_writer import write_redis, write_sqlite
+    from freshrank.online_writer import bulk_writer
 
-    write = write_redis if settings.online_store.type == "redis" else write_sqlite
+    write = bulk_writer(settings.online_store)
     bucket_rows = settings.online_store.full_write_bucket_rows
     written = {}
     for view in FEATURE_VIEWS:

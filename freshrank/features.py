@@ -237,12 +237,16 @@ _VIEW_SQL = {
 }
 
 
-def _view_sql(view: str, day: date, config: FeatureConfig, previous: Path | None) -> str:
+def _view_sql(view: str, day: date, config: FeatureConfig, previous: Path | None, zone: ZoneInfo) -> str:
     """Return the query of a view's partition: from the day before where that is exact, else over the window."""
-    if view == "user_item_features" and previous is not None and previous.stem == (day - timedelta(days=1)).isoformat():
-        from freshrank.window_update import user_item_update_sql
+    if previous is not None and previous.stem == (day - timedelta(days=1)).isoformat():
+        from freshrank.window_update import user_category_update_sql, user_item_update_sql
 
-        query = user_item_update_sql(day, config, previous)
+        query = None
+        if view == "user_item_features":
+            query = user_item_update_sql(day, config, previous)
+        elif view == "user_category_features":
+            query = user_category_update_sql(day, config, previous, zone)
         if query is not None:
             return query
     return _VIEW_SQL[view](day, config)
@@ -295,7 +299,7 @@ def write_feature_partition(
     temporary = target.with_name(f".{target.name}.tmp")
     as_of = feature_timestamp(day, zone)
     previous = previous_partition(offline_dir, view, day)
-    query = _with_expiry_rows(_view_sql(view, day, config, previous), view, previous)
+    query = _with_expiry_rows(_view_sql(view, day, config, previous, zone), view, previous)
     with connect(warehouse, read_only=True, memory=memory) as con:
         con.execute(
             f"COPY (SELECT *, $as_of::TIMESTAMPTZ AS created_timestamp FROM ({query}) ORDER BY ALL) "

@@ -8,10 +8,13 @@ pipeline per chunk (Redis). Feast's helpers build the keys, so the layout follow
 installed Feast version.
 
 It writes the newest row of each entity among the given rows, like ``materialize``.
+Feast's SQLite tables carry a second index on ``entity_key``, which repeats the first
+column of their primary key; the writer empties it (``set_entity_index``).
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import sqlite3
@@ -31,6 +34,7 @@ from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.protos.feast.types.Value_pb2 import ValueType
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from freshrank.config import OnlineStoreConfig
 from freshrank.warehouse import MemoryBound, arrow_query, sql_identifier, sql_string
 
 logger = logging.getLogger(__name__)
@@ -142,12 +146,22 @@ def changed_rows(
     return arrow_query(query, memory)
 
 
-def write_sqlite(store: FeatureStore, view: str, table: pa.Table, features: list[str]) -> WriteStats:
+def bulk_writer(online: OnlineStoreConfig):
+    """Return the bulk write function of the configured online store: ``(store, view, table, features)``."""
+    if online.type == "redis":
+        return write_redis
+    return functools.partial(write_sqlite, entity_index=online.sqlite_entity_index)
+
+
+def write_sqlite(
+    store: FeatureStore, view: str, table: pa.Table, features: list[str], entity_index: bool = False
+) -> WriteStats:
     """Upsert rows into the SQLite online table of a feature view, in one transaction.
 
     Rows go in primary-key order (entity key, feature name), because B-tree inserts in
     order are several times faster than random ones, and ``_CHUNK_ROWS`` entities at a
-    time, so the Python objects of only one chunk are alive at once.
+    time, so the Python objects of only one chunk are alive at once. ``entity_index``
+    keeps Feast's second index on ``entity_key`` full (see ``set_entity_index``).
     """
     config = store.config
     feature_view = store.get_feature_view(view)
@@ -164,6 +178,7 @@ def write_sqlite(store: FeatureStore, view: str, table: pa.Table, features: list
     connection = sqlite3.connect(config.online_store.path, timeout=60)
     try:
         connection.execute("PRAGMA cache_size = -262144")
+        set_entity_index(connection, table_name, full=entity_index)
         with connection:
             for start in range(0, rows.num_rows, _CHUNK_ROWS):
                 chunk = rows.slice(start, _CHUNK_ROWS)
@@ -171,6 +186,32 @@ def write_sqlite(store: FeatureStore, view: str, table: pa.Table, features: list
     finally:
         connection.close()
     return WriteStats(entities=rows.num_rows, values=rows.num_rows * len(features))
+
+
+def set_entity_index(connection: sqlite3.Connection, table_name: str, full: bool) -> None:
+    """Make Feast's second index of an online table, on ``entity_key`` alone, full or empty.
+
+    Feast's SQLite store creates each table with the primary key (entity_key, feature_name)
+    and then ``CREATE INDEX IF NOT EXISTS <table>_ek ON <table> (entity_key)``. Lookups by
+    entity key use the primary key's index just as well, and the second index costs as much
+    as the first on every insert. Unless ``full``, it is replaced by an empty partial index
+    of the same name (``WHERE 0``), which Feast's ``IF NOT EXISTS`` then leaves alone when
+    it applies the definitions again.
+    """
+    name = f"{table_name}_ek"
+    expected = f'CREATE INDEX "{name}" ON "{table_name}" (entity_key)' + ("" if full else " WHERE 0")
+    found = connection.execute("SELECT sql FROM sqlite_master WHERE type = 'index' AND name = ?", [name]).fetchone()
+    if found is not None and (found[0] == expected or (full and "WHERE" not in found[0].upper())):
+        return
+    logger.info("rebuilding index %s as %s", name, "full" if full else "empty")
+    connection.execute("BEGIN")
+    try:
+        connection.execute(f'DROP INDEX IF EXISTS "{name}"')
+        connection.execute(expected)
+    except BaseException:
+        connection.rollback()
+        raise
+    connection.commit()
 
 
 def _in_key_order(rows: pa.Table, join_keys: list[str], version: int) -> tuple[pa.Table, pa.Array]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sqlite3
 from datetime import date
 
 import pandas as pd
@@ -22,6 +23,7 @@ from freshrank.feature_store import (
     online_features_for,
     open_store,
     probe_online,
+    repo_config,
 )
 from freshrank.features import (
     ATTRIBUTE_COLUMNS,
@@ -237,3 +239,56 @@ def test_expected_rows_of_chosen_entities(core_tiny_home: Settings) -> None:
     expected = every.merge(chosen, on=["user_id", "item_id"]).sort_values(["user_id", "item_id"], ignore_index=True)
     assert set(zip(every["user_id"], every["item_id"])) >= {("u1", "i2"), ("u2", "i1")}
     pd.testing.assert_frame_equal(rows.sort_values(["user_id", "item_id"], ignore_index=True), expected)
+
+
+def _entity_indexes(settings: Settings) -> dict[str, str]:
+    """Return the SQL of each online table's ``*_ek`` index (Feast's index on entity_key alone)."""
+    connection = sqlite3.connect(f"file:{settings.feast_dir / 'online.db'}?mode=ro", uri=True)
+    try:
+        rows = connection.execute("SELECT tbl_name, sql FROM sqlite_master WHERE type = 'index' AND name = tbl_name || '_ek'")
+        return dict(rows.fetchall())
+    finally:
+        connection.close()
+
+
+def test_entity_index_emptied(served: Settings) -> None:
+    indexes = _entity_indexes(served)
+    assert len(indexes) == len(FEATURE_VIEWS)
+    assert all(sql.endswith("(entity_key) WHERE 0") for sql in indexes.values())
+    table = next(iter(indexes))
+    connection = sqlite3.connect(f"file:{served.feast_dir / 'online.db'}?mode=ro", uri=True)
+    try:
+        # The statement Feast's SqliteOnlineStore.online_read runs.
+        plan = connection.execute(
+            f'EXPLAIN QUERY PLAN SELECT entity_key, feature_name, value, event_ts FROM "{table}" WHERE entity_key IN (?, ?)',
+            [b"a", b"b"],
+        ).fetchall()
+    finally:
+        connection.close()
+    assert "USING INDEX sqlite_autoindex" in plan[0][3]
+
+
+def test_entity_index_survives_apply(core_tiny_home: Settings) -> None:
+    from feast import FeatureStore
+
+    from feature_repo.features import build_definitions
+
+    settings = core_tiny_home
+    materialize_day(settings, DAY, open_store(settings))
+    # Feast creates its index with IF NOT EXISTS, so applying the definitions again keeps the empty one.
+    FeatureStore(config=repo_config(settings), repo_path=str(settings.feast_dir)).apply(
+        build_definitions(settings.offline_dir, settings.features)
+    )
+    assert all(sql.endswith("WHERE 0") for sql in _entity_indexes(settings).values())
+
+
+def test_entity_index_setting_restores_full(core_tiny_home: Settings) -> None:
+    settings = core_tiny_home
+    materialize_day(settings, DAY, open_store(settings))
+    online = settings.online_store.model_copy(update={"sqlite_entity_index": True})
+    full = settings.model_copy(update={"online_store": online})
+    materialize_day(full, DAY, open_store(full))
+    indexes = _entity_indexes(settings)
+    assert len(indexes) == len(FEATURE_VIEWS)
+    assert not any("WHERE" in sql for sql in indexes.values())
+    assert online_features_for(full, "user_features", {"user_id": "u1"})["u_views_28d"] == 4
