@@ -105,7 +105,7 @@ def user_category_update_sql(day: date, config: FeatureConfig, previous: Path, z
         day: The partition day.
         config: Feature settings (the window length).
         previous: The user x category partition of ``day - 1``.
-        zone: The business timezone, which sets where the day that stays first begins.
+        zone: The business timezone, in which the first day of the window begins.
 
     Returns:
         The query, or None when ``previous`` has other columns (another window or version).
