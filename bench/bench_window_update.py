@@ -1,8 +1,9 @@
 """90-day features of one day: the full aggregation over the window against the update from the day before.
 
-Runs both queries of ``--day`` for ``--view`` (user x item or user x category) on a home that has the day's events and the partition of
-the day before, for example a home of ``bench_scale.py --home``. Each result is written
-to a temporary Parquet file as the feature asset does, and the two must be equal.
+Runs both queries of ``--day`` for ``--view`` (user x item or user x category) on a home
+that has the day's events and the partition of the day before, for example a home of
+``bench_scale.py --home``. Each result is written to a temporary Parquet file as the
+feature asset does, and the two must be equal.
 
     python bench/bench_window_update.py --home HOME --day 2024-01-30 [--view user_category_features] [--repeats 2]
 """
@@ -29,7 +30,7 @@ from freshrank.features import (  # noqa: E402
     user_item_features_sql,
 )
 from freshrank.warehouse import connect  # noqa: E402
-from freshrank.window_update import CATEGORY_VIEW, VIEW, user_category_update_sql, user_item_update_sql  # noqa: E402
+from freshrank.window_update import CATEGORY_VIEW, VIEW, update_sql  # noqa: E402
 
 
 def timed_copy(settings, sql: str, day: date, target: Path) -> float:
@@ -49,6 +50,7 @@ def main() -> None:
     parser.add_argument("--view", choices=[VIEW, CATEGORY_VIEW], default=VIEW, help="Feature view.")
     parser.add_argument("--repeats", type=int, default=2, help="Runs of each query.")
     args = parser.parse_args()
+
     settings = load_settings(args.home)
     previous = partition_path(settings.offline_dir, args.view, args.day - timedelta(days=1))
     if not previous.exists():
@@ -57,11 +59,7 @@ def main() -> None:
         "full aggregation over the window": (
             user_item_features_sql if args.view == VIEW else user_category_features_sql
         )(args.day, settings.features),
-        "previous partition + day - day that left": (
-            user_item_update_sql(args.day, settings.features, previous)
-            if args.view == VIEW
-            else user_category_update_sql(args.day, settings.features, previous, settings.zone)
-        ),
+        "previous partition + day - day that left": update_sql(args.view, args.day, settings.features, previous, settings.zone),
     }
     seconds: dict[str, list[float]] = {name: [] for name in queries}
     with tempfile.TemporaryDirectory() as tmp:

@@ -240,13 +240,9 @@ _VIEW_SQL = {
 def _view_sql(view: str, day: date, config: FeatureConfig, previous: Path | None, zone: ZoneInfo) -> str:
     """Return the query of a view's partition: from the day before where that is exact, else over the window."""
     if previous is not None and previous.stem == (day - timedelta(days=1)).isoformat():
-        from freshrank.window_update import user_category_update_sql, user_item_update_sql
+        from freshrank.window_update import update_sql
 
-        query = None
-        if view == "user_item_features":
-            query = user_item_update_sql(day, config, previous)
-        elif view == "user_category_features":
-            query = user_category_update_sql(day, config, previous, zone)
+        query = update_sql(view, day, config, previous, zone)
         if query is not None:
             return query
     return _VIEW_SQL[view](day, config)

@@ -9,7 +9,7 @@ installed Feast version.
 
 It writes the newest row of each entity among the given rows, like ``materialize``.
 Feast's SQLite tables carry a second index on ``entity_key``, which repeats the first
-column of their primary key; the writer empties it (``set_entity_index``).
+column of their primary key. The writer empties it (``set_entity_index``).
 """
 
 from __future__ import annotations
@@ -193,10 +193,10 @@ def set_entity_index(connection: sqlite3.Connection, table_name: str, full: bool
 
     Feast's SQLite store creates each table with the primary key (entity_key, feature_name)
     and then ``CREATE INDEX IF NOT EXISTS <table>_ek ON <table> (entity_key)``. Lookups by
-    entity key use the primary key's index just as well, and the second index costs as much
-    as the first on every insert. Unless ``full``, it is replaced by an empty partial index
-    of the same name (``WHERE 0``), which Feast's ``IF NOT EXISTS`` then leaves alone when
-    it applies the definitions again.
+    entity key use the primary key's index just as well, and every row of a new entity is
+    written into both indexes. Unless ``full``, the second one is replaced by an empty
+    partial index of the same name (``WHERE 0``), which Feast's ``IF NOT EXISTS`` then
+    leaves alone when it applies the definitions again.
     """
     name = f"{table_name}_ek"
     expected = f'CREATE INDEX "{name}" ON "{table_name}" (entity_key)' + ("" if full else " WHERE 0")

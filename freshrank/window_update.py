@@ -1,8 +1,9 @@
-"""Partitions of the 90-day views from the day before: add the new day, subtract the day that left.
+"""Partitions of the long-window views from the day before: add the new day, subtract the day that left.
 
-Aggregating every event of a 90-day window again reads 90 days to write one. The user x
-item and user x category features are decomposable by day, so partition ``d`` follows
-from partition ``d - 1`` and two days of events:
+The user x item and user x category views aggregate ``features.user_item_window_days``
+(90 by default), and aggregating every event of that window again reads 90 days to write
+one. Their features are decomposable by day, so partition ``d`` follows from partition
+``d - 1`` and two days of events:
 
 * the view, cart and purchase counts and the purchase days add the day ``d`` and subtract
   the day ``d - window``, which left the window;
@@ -37,6 +38,18 @@ from freshrank.warehouse import sql_string
 
 VIEW = "user_item_features"
 CATEGORY_VIEW = "user_category_features"
+
+
+def update_sql(view: str, day: date, config: FeatureConfig, previous: Path, zone: ZoneInfo) -> str | None:
+    """Return the SQL of ``view``'s partition of ``day`` from ``previous``, the partition of the day before.
+
+    Returns None for a view without such an update, or when ``previous`` has other columns.
+    """
+    if view == VIEW:
+        return user_item_update_sql(day, config, previous)
+    if view == CATEGORY_VIEW:
+        return user_category_update_sql(day, config, previous, zone)
+    return None
 
 
 def user_item_update_sql(day: date, config: FeatureConfig, previous: Path) -> str | None:

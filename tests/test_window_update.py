@@ -14,7 +14,7 @@ from freshrank.importers.landing import write_day
 from freshrank.staging import load_staged, stage_increment
 from freshrank.synthetic import ShopSpec, generate_day
 from freshrank.warehouse import connect, publish_increment
-from freshrank.window_update import CATEGORY_VIEW, VIEW, user_category_update_sql, user_item_update_sql
+from freshrank.window_update import CATEGORY_VIEW, VIEW, update_sql, user_category_update_sql, user_item_update_sql
 
 SHOP = ShopSpec(days=12, users=150, items=40, seed=11, events_per_day=1500)
 WINDOW = 4
@@ -28,10 +28,6 @@ def _with_uncategorized(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(category=frame["category"].where(numbers % 5 != 0))
 
 
-def _update_sql(settings, view: str, day, previous):
-    if view == VIEW:
-        return user_item_update_sql(day, settings.features, previous)
-    return user_category_update_sql(day, settings.features, previous, settings.zone)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +58,7 @@ def _query(settings, sql: str, day, view: str = VIEW) -> pd.DataFrame:
 def test_update_equals_full_query(chain, view, index):
     day = SHOP.day(index)
     previous = partition_path(chain.offline_dir, view, day - timedelta(days=1))
-    update = _update_sql(chain, view, day, previous)
+    update = update_sql(view, day, chain.features, previous, chain.zone)
     assert update is not None
     full = _query(chain, _VIEW_SQL[view](day, chain.features), day, view)
     assert len(full) > 0
