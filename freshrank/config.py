@@ -109,6 +109,9 @@ class TrainingConfig(_Strict):
     """On a ``degradation`` rebase, register the leading shadow as the new full train and
     continue it on the trailing ``continued_window_days``. This saves the full train that a
     rebase would otherwise run."""
+    store_margins: bool = True
+    """Keep the parent's margins on each day's training rows (``<home>/margins``), so that a
+    continued round evaluates only the trees added since, not the whole parent."""
     join_chunk_rows: int = Field(default=500_000, ge=1)
     """A day's training rows are joined with their point-in-time features in chunks of
     whole users of at most this many rows, which bounds the join's memory."""

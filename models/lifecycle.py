@@ -32,9 +32,11 @@ from models.policy import (
     registry_for,
     training_and_holdout_rows,
 )
+from models.margins import continued_training_matrix
 from models.registry import ModelRegistry
 from models.shadow import ShadowStore, latest_shadow_for
 from models.training import (
+    continue_from_margins,
     continue_training,
     model_size_bytes,
     paired_group_difference,
@@ -137,6 +139,9 @@ class ChallengerResult:
     """Wall time of the XGBoost training, in seconds."""
     train_cpu_seconds: float = 0.0
     """CPU time of this process (all threads) during the XGBoost training, in seconds."""
+    base_margins: dict | None = None
+    """How the parent's margins of a continued round were found (``models.margins.MarginStats``);
+    None for a full train or with ``training.store_margins`` off."""
     metric_comparison: dict | None = None
     """Paired per-group difference of ``gate.metric``, challenger minus champion, on the holdout
     (see ``models.training.paired_group_difference``); None without a champion."""
@@ -186,7 +191,11 @@ def train_challenger(settings: Settings, day: date) -> ChallengerResult:
         result.rebase = {**result.rebase, "promoted_version": result.parent}
     wall, cpu = time.perf_counter(), time.process_time()
     # The matrix is built first, so the frame is freed while XGBoost trains.
-    dtrain = training_matrix(train, columns, quantized=plan.kind == FULL)
+    if plan.kind != FULL and settings.training.store_margins:
+        dtrain, margin_stats = continued_training_matrix(settings, registry, result.parent, parent_model, train, columns)
+        result.base_margins = margin_stats.to_dict()
+    else:
+        dtrain = training_matrix(train, columns, quantized=plan.kind == FULL)
     del train
     booster = _train(settings, plan.kind, parent_model, dtrain, columns, result)
     del dtrain
@@ -255,11 +264,14 @@ def _train(
     result: ChallengerResult,
 ) -> xgb.Booster:
     """Run the XGBoost training of the plan on its matrix and record the trees it added."""
-    parent_trees = 0
     if kind == FULL:
         booster = train_full(train, columns, settings.training)
+        result.trees_added = tree_count(booster)
+        return booster
+    parent_trees = tree_count(champion)
+    if train.get_base_margin().size:
+        booster = continue_from_margins(champion, train, columns, settings.training)
     else:
-        parent_trees = tree_count(champion)
         booster = continue_training(champion, train, columns, settings.training)
     result.trees_added = tree_count(booster) - parent_trees
     return booster

@@ -12,6 +12,7 @@ Models are saved as XGBoost UBJSON by the registry and never pickled.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections import Counter
 from collections.abc import Sequence
@@ -168,6 +169,70 @@ def continue_training(
             cfg.continued_learning_rate,
             _train_metrics(booster, dtrain),
         )
+    return booster
+
+
+def continue_from_margins(
+    parent: xgb.Booster, dtrain: xgb.DMatrix, feature_columns: Sequence[str], cfg: TrainingConfig
+) -> xgb.Booster:
+    """Grow ``cfg.trees_per_day`` trees on the parent's margins and append them to a copy of it.
+
+    This gives the model of ``continue_training`` without evaluating the parent's trees on
+    the rows again: ``dtrain`` carries the parent's margin of every row as its base margin
+    (see ``models.margins``). The new trees fit the same gradients, so with margins from a
+    full prediction the model is the same, tree for tree.
+
+    Args:
+        parent: The model to continue from; it is left unchanged.
+        dtrain: Rows from ``sorted_training_arrays`` with the parent's margins as base margin.
+        feature_columns: Feature columns; they must equal the parent's feature names, in order.
+        cfg: Training settings.
+
+    Returns:
+        A new booster with ``tree_count(parent) + cfg.trees_per_day`` trees.
+
+    Raises:
+        FeatureMismatchError: ``feature_columns`` differ from the parent's features.
+        TrainingDataError: ``dtrain`` has no base margin.
+    """
+    _check_model_features(parent, feature_columns)
+    if dtrain.get_base_margin().size != dtrain.num_row():
+        raise TrainingDataError("continue_from_margins needs the parent's margin of every row as the matrix's base margin")
+    params = training_params(cfg, learning_rate=cfg.continued_learning_rate)
+    appended = xgb.train(params, dtrain, num_boost_round=cfg.trees_per_day)
+    booster = append_trees(parent, appended)
+    if logger.isEnabledFor(logging.INFO):
+        logger.info(
+            "continued training on stored margins: %d rows, %d + %d trees, eta %s, train metrics %s",
+            dtrain.num_row(),
+            tree_count(parent),
+            tree_count(appended),
+            cfg.continued_learning_rate,
+            # The appended trees on the base margins score the rows as the whole model does.
+            _train_metrics(appended, dtrain),
+        )
+    return booster
+
+
+def append_trees(base: xgb.Booster, extra: xgb.Booster) -> xgb.Booster:
+    """Return a copy of ``base`` with the trees of ``extra`` appended, through XGBoost's JSON model.
+
+    ``base`` keeps its base score, objective and feature names; ``extra`` must be a model
+    of one output and one tree per round, trained on ``base``'s margins.
+    """
+    base_json = json.loads(base.save_raw("json"))
+    extra_model = json.loads(extra.save_raw("json"))["learner"]["gradient_booster"]["model"]
+    model = base_json["learner"]["gradient_booster"]["model"]
+    if extra_model["gbtree_model_param"]["num_parallel_tree"] != "1" or set(extra_model["tree_info"]) - {0}:
+        raise TrainingDataError("append_trees supports models of one output and one tree per round")
+    count = len(model["trees"])
+    for offset, tree in enumerate(extra_model["trees"]):
+        model["trees"].append({**tree, "id": count + offset})
+    model["tree_info"].extend(extra_model["tree_info"])
+    model["iteration_indptr"].extend(count + end for end in extra_model["iteration_indptr"][1:])
+    model["gbtree_model_param"]["num_trees"] = str(len(model["trees"]))
+    booster = xgb.Booster()
+    booster.load_model(bytearray(json.dumps(base_json).encode()))
     return booster
 
 
@@ -389,6 +454,20 @@ def _labels(rows: pd.DataFrame) -> np.ndarray:
     return values
 
 
+def sorted_training_arrays(rows: pd.DataFrame, feature_columns: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return ``(features, labels, order)`` of the rows sorted by their keys.
+
+    ``features`` is float32 in model order, ``labels`` float32, and ``order`` the row
+    positions in key order, so that ``rows.iloc[order]`` lines up with both.
+    """
+    _require_columns(rows, KEY_COLUMNS, purpose="training")
+    keys = rows[list(KEY_COLUMNS)].reset_index(drop=True)
+    order = keys.sort_values(list(KEY_COLUMNS), kind="mergesort").index.to_numpy()
+    labels = _labels(rows)[order]
+    matrix = _feature_matrix(rows, feature_columns, purpose="training", order=order)
+    return matrix, labels, order
+
+
 def training_matrix(
     rows: pd.DataFrame, feature_columns: Sequence[str], *, quantized: bool = False
 ) -> xgb.DMatrix | xgb.QuantileDMatrix:
@@ -408,11 +487,7 @@ def training_matrix(
             boosting does not, because the champion's trees are evaluated on these rows and
             need the exact values, not the bins of this window's quantiles.
     """
-    _require_columns(rows, KEY_COLUMNS, purpose="training")
-    keys = rows[list(KEY_COLUMNS)].reset_index(drop=True)
-    order = keys.sort_values(list(KEY_COLUMNS), kind="mergesort").index.to_numpy()
-    labels = _labels(rows)[order]
-    matrix = _feature_matrix(rows, feature_columns, purpose="training", order=order)
+    matrix, labels, _ = sorted_training_arrays(rows, feature_columns)
     if quantized:
         return xgb.QuantileDMatrix(matrix, label=labels, feature_names=list(feature_columns), missing=np.nan)
     return xgb.DMatrix(matrix, label=labels, feature_names=list(feature_columns), missing=np.nan)

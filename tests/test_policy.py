@@ -80,6 +80,19 @@ def test_chain_rebases_at_tree_budget(policy_home):
     assert trees == [20, 25, 30, 20, 25, 30]
 
 
+def test_continued_rounds_reuse_stored_margins(policy_home):
+    # Day 3 continues day 2's model, whose round stored the margins of day 1's model.
+    day3 = _challenger(policy_home, 3)["base_margins"]
+    assert day3["appended_trees"] == POLICY.trees_per_day
+    assert day3["stored_rows"] > 0
+    assert day3["stored_rows"] + day3["predicted_rows"] == day3["rows"] == _challenger(policy_home, 3)["training_rows"]
+    # Day 5 continues the rebase of day 4, a full train that stored nothing.
+    assert _challenger(policy_home, 5)["base_margins"]["stored_rows"] == 0
+    assert _challenger(policy_home, 4)["base_margins"] is None
+    stored = sorted(path.stem for path in (policy_home.home / "margins").glob("*.npz"))
+    assert stored == _challenger(policy_home, 6)["training_days"]
+
+
 def test_budget_rebase_recorded(policy_home):
     record = _challenger(policy_home, 4)
     assert record["rebase"]["trigger"] == "tree_budget"
@@ -350,6 +363,9 @@ def test_rollback_then_new_day_continues(home_copy):
     assert record["parent"] == target
     assert record["parent"] != rolled_back_from
     assert record["trees"] == registry.metadata(target)["tree_count"] + POLICY.trees_per_day
+    # Day 6's round stored the margins of the rollback target, so none of its trees is evaluated again.
+    assert record["base_margins"]["appended_trees"] == 0
+    assert record["base_margins"]["stored_rows"] > 0
     chain = describe_lineage(home_copy, record["version"])
     assert [entry["version"] for entry in chain][1] == target
 
