@@ -184,7 +184,8 @@ def continue_from_margins(
 
     Args:
         parent: The model to continue from; it is left unchanged.
-        dtrain: Rows from ``sorted_training_arrays`` with the parent's margins as base margin.
+        dtrain: Rows from ``sorted_training_arrays`` with the parent's margins as base margin,
+            as a ``DMatrix`` or a ``QuantileDMatrix`` (the same trees in less memory).
         feature_columns: Feature columns; they must equal the parent's feature names, in order.
         cfg: Training settings.
 
