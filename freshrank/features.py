@@ -314,7 +314,7 @@ def feature_columns(view: str, config: FeatureConfig) -> list[str]:
     """Return the feature columns of a view, read from its query's result schema.
 
     The schema is described once per process and settings: a DuckDB connection and a
-    ``DESCRIBE`` take about 25 ms, and a training step asks for the columns 16 times.
+    ``DESCRIBE`` take about 25 ms, and a training step reads the columns 16 times.
     """
     return list(_described_feature_columns(view, config.model_dump_json()))
 

@@ -140,7 +140,7 @@ class ChallengerResult:
     train_cpu_seconds: float = 0.0
     """CPU time of this process (all threads) during the XGBoost training, in seconds."""
     base_margins: dict | None = None
-    """How the parent's margins of a continued round were found (``models.margins.MarginStats``);
+    """Source counts of the parent's margins in a continued round (``models.margins.MarginStats``).
     None for a full train or with ``training.store_margins`` off."""
     metric_comparison: dict | None = None
     """Paired per-group difference of ``gate.metric``, challenger minus champion, on the holdout

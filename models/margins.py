@@ -7,11 +7,11 @@ rows and most trees are the same as the day before. On day 90 of the synthetic s
 (1.05M rows, a champion of 308 trees) that took 3.4 s of a 6.4 s continued round.
 
 The margin store keeps, per day of training rows, the margins of the last parent model,
-keyed by a hash of each row's key (``event_day``, ``user_id``, ``item_id``). An entry is
-used only while the day's stored training rows are unchanged (size and modification time
-of their Parquet file) and its model lies on the new parent's chain of continued rounds,
-so that the new parent is the stored model plus some appended trees. Then only those
-appended trees are evaluated. Rows without an entry (the new day, a recomputed day, a
+keyed by a hash of each row's user and item. An entry is used only while the day's stored
+training rows are unchanged (size and modification time of their Parquet file). Its
+model must also lie on the new parent's chain of continued rounds, so that the new parent
+is the stored model plus some appended trees. Then only those appended trees are
+evaluated. Rows without an entry (the new day, a recomputed day, a
 rebase) get the full prediction. The store is a cache: deleting it costs one full
 prediction and changes no model beyond float32 rounding of the margins.
 """
@@ -56,7 +56,7 @@ class ParentModel:
 
 @dataclass
 class MarginStats:
-    """What computing the base margins of one continued round took."""
+    """Row counts and time of computing the base margins of one continued round."""
 
     rows: int = 0
     stored_rows: int = 0
@@ -248,7 +248,7 @@ def continued_training_matrix(
 ) -> tuple[xgb.QuantileDMatrix, MarginStats]:
     """Build the matrix of a continued round with the parent's margins as base margin.
 
-    Entries of days outside the rows' days are deleted afterwards, so the store holds at
+    Entries of days outside the rows' days are deleted afterwards, so the store keeps at
     most the training window.
     """
     matrix, labels, order = sorted_training_arrays(rows, feature_columns)

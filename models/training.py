@@ -218,7 +218,7 @@ def continue_from_margins(
 def append_trees(base: xgb.Booster, extra: xgb.Booster) -> xgb.Booster:
     """Return a copy of ``base`` with the trees of ``extra`` appended, through XGBoost's JSON model.
 
-    ``base`` keeps its base score, objective and feature names; ``extra`` must be a model
+    ``base`` keeps its base score, objective and feature names. ``extra`` must be a model
     of one output and one tree per round, trained on ``base``'s margins.
     """
     base_json = json.loads(base.save_raw("json"))

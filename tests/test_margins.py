@@ -75,7 +75,8 @@ def test_margin_round_equals_xgboost_continuation(champion, tmp_path):
     _, labels, _ = sorted_training_arrays(rows, FEATURES)
     dtrain = xgb.DMatrix(matrix, label=labels, base_margin=margins, feature_names=FEATURES)
     model = continue_from_margins(champion, dtrain, FEATURES, CONFIG)
-    assert stats.predicted_rows == len(rows) and stats.stored_rows == 0
+    assert stats.predicted_rows == len(rows)
+    assert stats.stored_rows == 0
     assert model.num_boosted_rounds() == champion.num_boosted_rounds() + CONFIG.trees_per_day
     assert model.save_raw("ubj") == expected.save_raw("ubj")
 
