@@ -182,19 +182,10 @@ def continue_from_margins(
     (see ``models.margins``). The new trees fit the same gradients, so with margins from a
     full prediction the model is the same, tree for tree.
 
-    Args:
-        parent: The model to continue from; it is left unchanged.
-        dtrain: Rows from ``sorted_training_arrays`` with the parent's margins as base margin,
-            as a ``DMatrix`` or a ``QuantileDMatrix`` (the same trees in less memory).
-        feature_columns: Feature columns; they must equal the parent's feature names, in order.
-        cfg: Training settings.
-
-    Returns:
-        A new booster with ``tree_count(parent) + cfg.trees_per_day`` trees.
-
-    Raises:
-        FeatureMismatchError: ``feature_columns`` differ from the parent's features.
-        TrainingDataError: ``dtrain`` has no base margin.
+    ``dtrain`` is built from ``sorted_training_arrays``, as a ``DMatrix`` or a
+    ``QuantileDMatrix`` (the same trees in less memory). The other arguments, the result
+    and the errors are those of ``continue_training``. A ``dtrain`` without a base margin
+    raises ``TrainingDataError``.
     """
     _check_model_features(parent, feature_columns)
     if dtrain.get_base_margin().size != dtrain.num_row():
