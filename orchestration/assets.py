@@ -374,6 +374,10 @@ def _challenger_metadata(result: lifecycle.ChallengerResult) -> dict:
         "training_days": result.training_days,
         "skipped_reason": result.skipped_reason,
     }
+    if result.base_margins is not None:
+        metadata["margin_rows_stored"] = result.base_margins["stored_rows"]
+        metadata["margin_rows_predicted"] = result.base_margins["predicted_rows"]
+        metadata["margin_trees_appended"] = result.base_margins["appended_trees"]
     _flat_metrics(metadata, "holdout", result.challenger_holdout)
     _flat_metrics(metadata, "champion_holdout", result.champion_holdout)
     return clean_metadata(metadata)

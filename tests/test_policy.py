@@ -93,6 +93,18 @@ def test_continued_rounds_reuse_stored_margins(policy_home):
     assert stored == _challenger(policy_home, 6)["training_days"]
 
 
+def test_margin_counts_in_dagster(policy_home):
+    instance = DagsterInstance.from_config(str(policy_home.dagster_home))
+    found = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=AssetKey("challenger_model"), asset_partitions=[_day(3).isoformat()]), limit=1
+    )
+    metadata = {key: value.value for key, value in found.records[0].asset_materialization.metadata.items()}
+    record = _challenger(policy_home, 3)["base_margins"]
+    assert metadata["margin_rows_stored"] == record["stored_rows"]
+    assert metadata["margin_rows_predicted"] == record["predicted_rows"]
+    assert metadata["margin_trees_appended"] == POLICY.trees_per_day
+
+
 def test_budget_rebase_recorded(policy_home):
     record = _challenger(policy_home, 4)
     assert record["rebase"]["trigger"] == "tree_budget"
