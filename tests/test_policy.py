@@ -82,10 +82,10 @@ def test_chain_rebases_at_tree_budget(policy_home):
 
 def test_continued_rounds_reuse_stored_margins(policy_home):
     # Day 3 continues day 2's model, whose round stored the margins of day 1's model.
-    day3 = _challenger(policy_home, 3)["base_margins"]
-    assert day3["appended_trees"] == POLICY.trees_per_day
-    assert day3["stored_rows"] > 0
-    assert day3["stored_rows"] + day3["predicted_rows"] == day3["rows"] == _challenger(policy_home, 3)["training_rows"]
+    third_day = _challenger(policy_home, 3)["base_margins"]
+    assert third_day["appended_trees"] == POLICY.trees_per_day
+    assert third_day["stored_rows"] > 0
+    assert third_day["stored_rows"] + third_day["predicted_rows"] == third_day["rows"] == _challenger(policy_home, 3)["training_rows"]
     # Day 5 continues the rebase of day 4, a full train that stored nothing.
     assert _challenger(policy_home, 5)["base_margins"]["stored_rows"] == 0
     assert _challenger(policy_home, 4)["base_margins"] is None
