@@ -174,8 +174,8 @@ class OnlineStoreConfig(_Strict):
     sqlite_entity_index: bool = False
     """Whether the bulk writer keeps Feast's second index on ``entity_key`` of each SQLite
     table. The primary key (entity_key, feature_name) already serves lookups by entity, so
-    by default the writer empties that index. The diff write of a 2M-event day into a 3.5 GB file then
-    took 22% less time (docs/benchmarks.md)."""
+    by default the writer empties that index. The diff write of a 2M-event day into a
+    3.5 GB file then took 22% less time (docs/benchmarks.md)."""
 
     @field_validator("writer")
     @classmethod

@@ -52,7 +52,7 @@ def _sha(booster: xgb.Booster) -> str:
 def _parent(booster: xgb.Booster, version: str, ancestors: dict[str, xgb.Booster] | None = None) -> ParentModel:
     chain = {name: _sha(model) for name, model in (ancestors or {}).items()}
     chain[version] = _sha(booster)
-    return ParentModel(booster, version, chain[version], booster.num_boosted_rounds(), chain)
+    return ParentModel(booster, version, chain)
 
 
 def _margins(store: MarginStore, parent: ParentModel, rows: pd.DataFrame, fingerprint: str = "a") -> tuple:

@@ -28,8 +28,6 @@ def _with_uncategorized(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(category=frame["category"].where(numbers % 5 != 0))
 
 
-
-
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
     """Events of the shop in the warehouse and both views' partitions computed day after day."""
