@@ -1,6 +1,6 @@
 """Drift check of feature and prediction columns with Evidently 0.7.
 
-Evidently's ``DataDriftPreset`` picks a statistical test per column from the data. In
+Evidently's ``ValueDrift`` metric picks a statistical test per column from the data. In
 Evidently 0.7.23, a reference of at most 1,000 rows gets the Kolmogorov-Smirnov test (or a
 chi-square or Z-test for columns with at most 5 distinct values), all p-values. A larger
 reference gets the normed Wasserstein distance (or the Jensen-Shannon distance for at most 5
@@ -203,15 +203,20 @@ def _untestable_columns(reference: pd.DataFrame, current: pd.DataFrame, columns:
 
 
 def _run_report(reference: pd.DataFrame, current: pd.DataFrame, config: DriftConfig):
-    """Run Evidently's data drift preset with per-column tests and return the snapshot."""
-    from evidently import DataDefinition, Dataset, Report
-    from evidently.presets import DataDriftPreset
+    """Run Evidently's per-column drift metrics with their tests and return the snapshot.
 
-    definition = DataDefinition(numerical_columns=list(reference.columns))
-    report = Report(
-        [DataDriftPreset(columns=list(reference.columns), drift_share=config.drift_share_threshold)],
-        include_tests=True,
-    )
+    ``DataDriftPreset`` runs the same ``ValueDrift`` metrics, and its legacy drift table
+    tests every column again and renders it. Without it the drift step of a 100,000-event
+    day took 2.7 s instead of 4.7 s (docs/benchmarks.md). ``DriftedColumnsCount`` gives the
+    report its overview.
+    """
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.metrics import DriftedColumnsCount, ValueDrift
+
+    columns = list(reference.columns)
+    definition = DataDefinition(numerical_columns=columns)
+    metrics = [DriftedColumnsCount(columns=columns, drift_share=config.drift_share_threshold)]
+    report = Report(metrics + [ValueDrift(column=column) for column in columns], include_tests=True)
     # Evidently's dataset drift metric calls np.corrcoef, which divides by zero for a constant column.
     with np.errstate(divide="ignore", invalid="ignore"):
         return report.run(
