@@ -176,6 +176,11 @@ class OnlineStoreConfig(_Strict):
     table. The primary key (entity_key, feature_name) already serves lookups by entity, so
     by default the writer empties that index. The diff write of a 2M-event day into a
     3.5 GB file then took 22% less time (docs/benchmarks.md)."""
+    delete_expired: bool = True
+    """Whether the bulk writer deletes an entity whose newest row is an expiry row (it left
+    every window of its view) instead of writing null values. Feast reads both as nulls,
+    and deleting keeps the store to the entities of the current windows. Off, the store
+    keeps a row for every entity it ever held. ``writer: feast`` always writes the nulls."""
 
     @field_validator("writer")
     @classmethod

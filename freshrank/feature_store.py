@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -41,6 +42,9 @@ from freshrank.online_watermark import (
     watermark_for,
     write_watermark,
 )
+
+if TYPE_CHECKING:
+    from freshrank.online_writer import WriteStats
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +121,8 @@ class OnlineWrite:
         rows: Per feature view, the entity rows written; for ``online_store.writer: feast``,
             the rows of the partitions Feast read, since Feast does not report its writes.
         seconds: Wall time of the write.
+        deleted: Per feature view, the entities deleted because their newest row is an
+            expiry row (the bulk writer only; Feast's ``materialize`` writes null values).
     """
 
     start: datetime
@@ -125,6 +131,7 @@ class OnlineWrite:
     reason: str
     rows: dict[str, int]
     seconds: float
+    deleted: dict[str, int] = field(default_factory=dict)
 
     @property
     def total_rows(self) -> int:
@@ -168,17 +175,27 @@ def write_online(settings: Settings, day: date, store: FeatureStore | None = Non
     # The previous watermark stays until the write succeeds (see freshrank.online_watermark).
     watermark = watermark_for(settings, newest, mode)
     began = time.perf_counter()
+    deleted: dict[str, int] = {}
     if settings.online_store.writer == "feast":
         store.materialize(start_date=start, end_date=end, feature_views=list(FEATURE_VIEWS))
         rows = {view: _partition_rows(settings, view, day, newest) for view in FEATURE_VIEWS}
-    elif mode == "diff":
-        rows = diff_materialize(settings, store, day)
     else:
-        rows = bulk_materialize(settings, store, first, newest)
+        stats = diff_materialize(settings, store, day) if mode == "diff" else bulk_materialize(settings, store, first, newest)
+        rows = {view: view_stats.entities for view, view_stats in stats.items()}
+        deleted = {view: view_stats.deleted for view, view_stats in stats.items()}
     crash_point("feature_store.after_materialize")
     write_watermark(store.config, watermark)
-    write = OnlineWrite(start=start, end=end, mode=mode, reason=reason, rows=rows, seconds=time.perf_counter() - began)
-    logger.info("%s online write of %s: %d entity rows in %.1f s (%s)", mode, day, write.total_rows, write.seconds, reason)
+    seconds = time.perf_counter() - began
+    write = OnlineWrite(start=start, end=end, mode=mode, reason=reason, rows=rows, seconds=seconds, deleted=deleted)
+    logger.info(
+        "%s online write of %s: %d entity rows written and %d entities deleted in %.1f s (%s)",
+        mode,
+        day,
+        write.total_rows,
+        sum(deleted.values()),
+        write.seconds,
+        reason,
+    )
     return write
 
 
@@ -236,8 +253,8 @@ def plan_online_write(settings: Settings, store: FeatureStore, day: date, newest
     return "diff", f"the online store contains the partitions of {previous} unchanged"
 
 
-def diff_materialize(settings: Settings, store: FeatureStore, day: date) -> dict[str, int]:
-    """Write the rows of ``day``'s partitions that differ from ``day - 1``'s; return the rows per view.
+def diff_materialize(settings: Settings, store: FeatureStore, day: date) -> dict[str, WriteStats]:
+    """Write the rows of ``day``'s partitions that differ from ``day - 1``'s; return the write per view.
 
     Rows left alone keep the event timestamp of the day they last changed, and a row with
     values is still younger than the view's ttl (its window, ``features.view_window_days``).
@@ -262,8 +279,7 @@ def diff_materialize(settings: Settings, store: FeatureStore, day: date) -> dict
             features,
             settings.duckdb_memory,
         )
-        stats = write(store, view, table, features) if table.num_rows else WriteStats(entities=0, values=0)
-        written[view] = stats.entities
+        written[view] = write(store, view, table, features) if table.num_rows else WriteStats(entities=0, values=0)
     return written
 
 
@@ -285,7 +301,7 @@ def _row_count(paths: list[Path]) -> int:
     return sum(pq.ParquetFile(path).metadata.num_rows for path in paths)
 
 
-def bulk_materialize(settings: Settings, store: FeatureStore, first: date, last: date) -> dict[str, int]:
+def bulk_materialize(settings: Settings, store: FeatureStore, first: date, last: date) -> dict[str, WriteStats]:
     """Write the newest row per entity of the partitions ``first`` .. ``last`` with the bulk writer.
 
     A view's rows are read and written in buckets of entities (a hash of the join keys),
@@ -294,21 +310,21 @@ def bulk_materialize(settings: Settings, store: FeatureStore, first: date, last:
     watermark is written only after every bucket of every view, so an interrupted write
     is repeated whole.
     """
-    from freshrank.online_writer import bulk_writer
+    from freshrank.online_writer import WriteStats, bulk_writer
 
     write = bulk_writer(settings.online_store)
     bucket_rows = settings.online_store.full_write_bucket_rows
     written = {}
     for view in FEATURE_VIEWS:
         paths = _existing_partitions(settings, view, first, last)
-        written[view] = 0
+        written[view] = WriteStats(entities=0, values=0)
         if not paths:
             continue
         buckets = max(1, -(-_row_count(paths) // bucket_rows))
         features = feature_columns(view, settings.features)
         for bucket in range(buckets):
             table = _bucket_rows(settings, paths, list(ENTITY_KEYS[view]), bucket, buckets)
-            written[view] += write(store, view, table, features).entities
+            written[view] = written[view] + write(store, view, table, features)
     return written
 
 

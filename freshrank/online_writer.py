@@ -7,7 +7,12 @@ serializes each distinct value once and writes with ``executemany`` (SQLite) or 
 pipeline per chunk (Redis). Feast's helpers build the keys, so the layout follows the
 installed Feast version.
 
-It writes the newest row of each entity among the given rows, like ``materialize``.
+It writes the newest row of each entity among the given rows, like ``materialize``, but
+where that row is an expiry row (every feature null: the entity left its view's window),
+it deletes the entity's values instead of writing nulls. Feast reads a deleted entity as
+null values, as it reads the expiry row, and the store holds only the entities of the
+current windows instead of every entity ever seen.
+
 Feast's SQLite tables carry a second index on ``entity_key``, which repeats the first
 column of their primary key. The writer empties it (``set_entity_index``).
 """
@@ -47,10 +52,14 @@ _ROW = "__freshrank_row"
 
 @dataclass(frozen=True)
 class WriteStats:
-    """Rows written by one bulk write: entity rows and (entity, feature) values."""
+    """Counts of one bulk write: entity rows and (entity, feature) values written, and entities deleted."""
 
     entities: int
     values: int
+    deleted: int = 0
+
+    def __add__(self, other: WriteStats) -> WriteStats:
+        return WriteStats(self.entities + other.entities, self.values + other.values, self.deleted + other.deleted)
 
 
 class _ValueEncoder:
@@ -122,6 +131,17 @@ def newest_rows(table: pa.Table, join_keys: list[str]) -> pa.Table:
     return ordered.drop_columns([_ROW]).take(first)
 
 
+def split_expired(rows: pa.Table, features: list[str]) -> tuple[pa.Table, pa.Table]:
+    """Split ``rows`` into rows with a value among ``features`` and expiry rows, all null there.
+
+    Without ``features`` no row counts as an expiry row.
+    """
+    if not features:
+        return rows, rows.slice(0, 0)
+    empty = functools.reduce(pc.and_, (pc.is_null(rows.column(name)) for name in features))
+    return rows.filter(pc.invert(empty)), rows.filter(empty)
+
+
 def changed_rows(
     current: Path, previous: Path, join_keys: list[str], features: list[str], memory: MemoryBound | None = None
 ) -> pa.Table:
@@ -149,31 +169,41 @@ def changed_rows(
 def bulk_writer(online: OnlineStoreConfig):
     """Return the bulk write function of the configured online store: ``(store, view, table, features)``."""
     if online.type == "redis":
-        return write_redis
-    return functools.partial(write_sqlite, entity_index=online.sqlite_entity_index)
+        return functools.partial(write_redis, delete_expired=online.delete_expired)
+    return functools.partial(write_sqlite, entity_index=online.sqlite_entity_index, delete_expired=online.delete_expired)
 
 
 def write_sqlite(
-    store: FeatureStore, view: str, table: pa.Table, features: list[str], entity_index: bool = False
+    store: FeatureStore,
+    view: str,
+    table: pa.Table,
+    features: list[str],
+    entity_index: bool = False,
+    delete_expired: bool = True,
 ) -> WriteStats:
-    """Upsert rows into the SQLite online table of a feature view, in one transaction.
+    """Upsert rows into the SQLite online table of a feature view and delete expired entities, in one transaction.
 
     Rows go in primary-key order (entity key, feature name), because B-tree inserts in
     order are several times faster than random ones, and ``_CHUNK_ROWS`` entities at a
     time, so the Python objects of only one chunk are alive at once. ``entity_index``
     keeps Feast's second index on ``entity_key`` full (see ``set_entity_index``).
+    ``delete_expired`` deletes the entities of expiry rows instead of writing their nulls.
     """
     config = store.config
     feature_view = store.get_feature_view(view)
     join_keys = [column.name for column in feature_view.entity_columns]
-    rows, keys = _in_key_order(newest_rows(table, join_keys), join_keys, config.entity_key_serialization_version)
+    version = config.entity_key_serialization_version
+    current, expired = split_expired(newest_rows(table, join_keys), features if delete_expired else [])
+    rows, keys = _in_key_order(current, join_keys, version)
+    _, expired_keys = _in_key_order(expired, join_keys, version)
     table_name = compute_table_id(config.project, feature_view, config.registry.enable_online_feature_view_versioning)
-    sql = (
+    upsert = (
         f'INSERT INTO "{table_name}" (entity_key, feature_name, value, value_text, event_ts, created_ts) '
         "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(entity_key, feature_name) DO UPDATE SET "
         "value = excluded.value, value_text = excluded.value_text, "
         "event_ts = excluded.event_ts, created_ts = excluded.created_ts"
     )
+    delete = f'DELETE FROM "{table_name}" WHERE entity_key = ?'
     encoder = _ValueEncoder()
     connection = sqlite3.connect(config.online_store.path, timeout=60)
     try:
@@ -182,10 +212,11 @@ def write_sqlite(
         with connection:
             for start in range(0, rows.num_rows, _CHUNK_ROWS):
                 chunk = rows.slice(start, _CHUNK_ROWS)
-                connection.executemany(sql, _sqlite_records(chunk, keys.slice(start, _CHUNK_ROWS).to_pylist(), features, encoder))
+                connection.executemany(upsert, _sqlite_records(chunk, keys.slice(start, _CHUNK_ROWS).to_pylist(), features, encoder))
+            connection.executemany(delete, ((key,) for key in expired_keys.to_pylist()))
     finally:
         connection.close()
-    return WriteStats(entities=rows.num_rows, values=rows.num_rows * len(features))
+    return WriteStats(entities=rows.num_rows, values=rows.num_rows * len(features), deleted=expired.num_rows)
 
 
 def set_entity_index(connection: sqlite3.Connection, table_name: str, full: bool) -> None:
@@ -239,20 +270,22 @@ def _sqlite_records(chunk: pa.Table, keys: list[bytes], features: list[str], enc
     return itertools.chain.from_iterable(zip(*per_feature))
 
 
-def write_redis(store: FeatureStore, view: str, table: pa.Table, features: list[str]) -> WriteStats:
+def write_redis(store: FeatureStore, view: str, table: pa.Table, features: list[str], delete_expired: bool = True) -> WriteStats:
     """Write rows into Redis hashes as Feast's Redis store does, overwriting what is there.
 
     The Python objects of ``_CHUNK_ROWS`` entities are built at a time; each pipeline
-    carries ``_REDIS_CHUNK`` entities.
+    carries ``_REDIS_CHUNK`` entities. With ``delete_expired``, the entity of an expiry row
+    loses the view's fields instead, and Redis removes its hash once no field is left.
     """
     from feast.infra.online_stores.redis import RedisOnlineStore
 
     config = store.config
     feature_view = store.get_feature_view(view)
     join_keys = [column.name for column in feature_view.entity_columns]
-    rows = newest_rows(table, join_keys)
+    rows, expired = split_expired(newest_rows(table, join_keys), features if delete_expired else [])
     client = RedisOnlineStore()._get_client(config.online_store)
-    keys_of = _redis_keys_builder(config.project, join_keys, config.entity_key_serialization_version, rows)
+    sample = rows if rows.num_rows else expired
+    keys_of = _redis_keys_builder(config.project, join_keys, config.entity_key_serialization_version, sample)
     ts_key = f"_ts:{view}"
     field_keys = [_mmh3(f"{view}:{feature}") for feature in features]
     encoder = _ValueEncoder()
@@ -275,7 +308,13 @@ def write_redis(store: FeatureStore, view: str, table: pa.Table, features: list[
                         mapping[field] = encoder.encode(column[index])[0]
                     pipe.hset(redis_keys[index], mapping=mapping)
                 pipe.execute()
-    return WriteStats(entities=rows.num_rows, values=rows.num_rows * len(features))
+    expired_keys = keys_of(expired) if expired.num_rows else []
+    for start in range(0, len(expired_keys), _REDIS_CHUNK):
+        with client.pipeline(transaction=False) as pipe:
+            for redis_key in expired_keys[start : start + _REDIS_CHUNK]:
+                pipe.hdel(redis_key, ts_key, *field_keys)
+            pipe.execute()
+    return WriteStats(entities=rows.num_rows, values=rows.num_rows * len(features), deleted=expired.num_rows)
 
 
 def _redis_keys_builder(project: str, join_keys: list[str], version: int, rows: pa.Table):

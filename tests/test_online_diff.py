@@ -97,6 +97,11 @@ def expected_rows(settings: Settings, view: str) -> pd.DataFrame:
     return expected_online_rows(settings, view, FIRST_DAY, NEWEST_DAY + timedelta(days=1))
 
 
+def with_values(rows: pd.DataFrame, settings: Settings, view: str) -> pd.DataFrame:
+    """Return the rows with at least one feature value; the writer deletes the entities of the others."""
+    return rows[rows[feature_columns(view, settings.features)].notna().any(axis=1)]
+
+
 def entity_key(view: str, record: dict) -> EntityKeyProto:
     keys = list(ENTITY_KEYS[view])
     return EntityKeyProto(join_keys=keys, entity_values=[ValueProto(string_val=str(record[key])) for key in keys])
@@ -207,7 +212,7 @@ def test_replay_reads_like_full_writes(replayed) -> None:
 def test_replay_raw_rows_like_full_writes(replayed, view: str) -> None:
     settings, _, _ = replayed
     stored = raw_sqlite_rows(settings, view)
-    expected = expected_rows(settings, view)
+    expected = with_values(expected_rows(settings, view), settings, view)
     version = open_store(settings).config.entity_key_serialization_version
     names = feature_columns(view, settings.features)
     assert len(stored) == len(expected)
@@ -225,6 +230,26 @@ def test_entities_that_left_are_null_online(replayed) -> None:
     assert online["u_views_28d"] == [None]
     items = store.get_online_features(features=["item_features:i_views_28d"], entity_rows=[{"item_id": "i4"}]).to_dict()
     assert items["i_views_28d"] == [None]
+
+
+def test_entities_that_left_are_deleted(replayed) -> None:
+    settings, writes, _ = replayed
+    version = open_store(settings).config.entity_key_serialization_version
+    # u3 and i4 had their only events on 10 February, so both leave the 28-day windows on 9
+    # March. The pair (u3, i4) and the row (u3, C) stay for their 90-day windows.
+    assert writes["2024-03-09"].mode == "diff"
+    assert writes["2024-03-09"].deleted == {
+        "user_features": 1,
+        "item_features": 1,
+        "user_item_features": 0,
+        "user_category_features": 0,
+    }
+    assert writes["2024-03-10"].deleted == dict.fromkeys(FEATURE_VIEWS, 0)
+    for view, record in (("user_features", {"user_id": "u3"}), ("item_features", {"item_id": "i4"})):
+        key = serialize_entity_key(entity_key(view, record), entity_key_serialization_version=version)
+        assert key not in raw_sqlite_rows(settings, view), record
+    pair = serialize_entity_key(entity_key("user_item_features", {"user_id": "u3", "item_id": "i4"}), entity_key_serialization_version=version)
+    assert pair in raw_sqlite_rows(settings, "user_item_features")
 
 
 @pytest.mark.parametrize("view", FEATURE_VIEWS)
@@ -284,6 +309,28 @@ def test_diff_row_count_by_hand(written_to_march_9: Settings) -> None:
     # u1's purchases, and (u2, A) and (u3, C) are untouched.
     assert write.rows["user_category_features"] == 2
     assert write.total_rows == 10
+
+
+def test_full_write_deletes_expired(tmp_path: Path, core_home_builder, core_shop, core_feature_days) -> None:
+    days = tuple(day for day in core_feature_days if day < date(2024, 3, 10))
+    nulls_home = core_home_builder(tmp_path / "nulls", core_shop(), days)
+    save_settings(nulls_home.model_copy(update={"online_store": nulls_home.online_store.model_copy(update={"delete_expired": False})}))
+    nulls_home = load_settings(nulls_home.home)
+    deleting_home = core_home_builder(tmp_path / "deleting", core_shop(), days)
+
+    with_nulls = write_online(nulls_home, date(2024, 3, 9), open_store(nulls_home))
+    without = write_online(deleting_home, date(2024, 3, 9), open_store(deleting_home))
+
+    version = open_store(nulls_home).config.entity_key_serialization_version
+    u3 = serialize_entity_key(entity_key("user_features", {"user_id": "u3"}), entity_key_serialization_version=version)
+    stored = raw_sqlite_rows(nulls_home, "user_features")[u3]
+    assert all(np.isnan(value) for value, _ in stored.values())
+    assert with_nulls.deleted["user_features"] == 0
+    assert u3 not in raw_sqlite_rows(deleting_home, "user_features")
+    assert without.deleted["user_features"] == 1
+    assert without.rows["user_features"] == with_nulls.rows["user_features"] - 1
+    assert probe_online(nulls_home, date(2024, 3, 9)).matched
+    assert probe_online(deleting_home, date(2024, 3, 9)).matched
 
 
 def test_rewritten_previous_partition_forces_full(written_to_march_9: Settings) -> None:
@@ -414,11 +461,18 @@ def test_redis_replay_like_full_writes(redis_home: Settings, core_publish, core_
     config = open_store(settings).config
     version = config.entity_key_serialization_version
     for view in FEATURE_VIEWS:
-        for record in expected_rows(settings, view).to_dict("records"):
+        expected = expected_rows(settings, view)
+        for record in expected.to_dict("records"):
             stored = client.hgetall(_redis_key(config.project, entity_key(view, record), entity_key_serialization_version=version))
             for name in feature_columns(view, settings.features):
                 actual = decode(stored.get(_mmh3(f"{view}:{name}")))
                 np.testing.assert_equal(actual, float(record[name]), err_msg=f"{view} {record} {name}")
+        # The hashes of entities that left every window are gone, not filled with nulls.
+        expired = expected.drop(with_values(expected, settings, view).index)
+        assert len(expired) == (1 if view in ("user_features", "item_features") else 0), view
+        for record in expired.to_dict("records"):
+            key = _redis_key(config.project, entity_key(view, record), entity_key_serialization_version=version)
+            assert client.exists(key) == 0, record
 
 
 def test_redis_flush_loses_watermark(redis_home: Settings) -> None:
