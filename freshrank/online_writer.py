@@ -75,6 +75,30 @@ class _ValueEncoder:
             self.cache[value] = found
         return found
 
+    def blobs(self, values: list[float | None]) -> list[bytes]:
+        """Return the serialized ValueProto of each value."""
+        cache = self.cache
+        return [(cache.get(value) or self.encode(value))[0] for value in values]
+
+
+class _RedisStamps:
+    """Serialized protobuf Timestamps, as Feast's Redis store writes them, one per distinct instant."""
+
+    def __init__(self) -> None:
+        self.cache: dict[datetime, bytes] = {}
+
+    def serialize(self, instants: list[datetime]) -> list[bytes]:
+        """Return the serialized Timestamp of each instant, in UTC."""
+        result = []
+        for instant in instants:
+            found = self.cache.get(instant)
+            if found is None:
+                proto = Timestamp()
+                proto.FromDatetime(_aware_utc(instant))
+                found = self.cache[instant] = proto.SerializeToString()
+            result.append(found)
+        return result
+
 
 def _entity_keys(table: pa.Table, join_keys: list[str]) -> list[EntityKeyProto]:
     columns = [table.column(key).to_pylist() for key in join_keys]
@@ -288,25 +312,19 @@ def write_redis(store: FeatureStore, view: str, table: pa.Table, features: list[
     keys_of = _redis_keys_builder(config.project, join_keys, config.entity_key_serialization_version, sample)
     ts_key = f"_ts:{view}"
     field_keys = [_mmh3(f"{view}:{feature}") for feature in features]
+    fields = [ts_key, *field_keys]
     encoder = _ValueEncoder()
-    stamp_cache: dict = {}
+    stamps = _RedisStamps()
     for chunk_start in range(0, rows.num_rows, _CHUNK_ROWS):
         chunk = rows.slice(chunk_start, _CHUNK_ROWS)
-        redis_keys = keys_of(chunk)
-        columns = [chunk.column(feature).to_pylist() for feature in features]
-        timestamps = chunk.column("event_timestamp").to_pylist()
-        for start in range(0, chunk.num_rows, _REDIS_CHUNK):
+        # One column of serialized values per hash field, the view's timestamp first.
+        columns = [stamps.serialize(chunk.column("event_timestamp").to_pylist())]
+        columns += [encoder.blobs(chunk.column(feature).to_pylist()) for feature in features]
+        entities = list(zip(keys_of(chunk), zip(*columns)))
+        for start in range(0, len(entities), _REDIS_CHUNK):
             with client.pipeline(transaction=False) as pipe:
-                for index in range(start, min(start + _REDIS_CHUNK, chunk.num_rows)):
-                    stamp = stamp_cache.get(timestamps[index])
-                    if stamp is None:
-                        proto = Timestamp()
-                        proto.FromDatetime(_aware_utc(timestamps[index]))
-                        stamp = stamp_cache[timestamps[index]] = proto.SerializeToString()
-                    mapping = {ts_key: stamp}
-                    for field, column in zip(field_keys, columns):
-                        mapping[field] = encoder.encode(column[index])[0]
-                    pipe.hset(redis_keys[index], mapping=mapping)
+                for redis_key, values in entities[start : start + _REDIS_CHUNK]:
+                    pipe.hset(redis_key, mapping=dict(zip(fields, values)))
                 pipe.execute()
     expired_keys = keys_of(expired) if expired.num_rows else []
     for start in range(0, len(expired_keys), _REDIS_CHUNK):
