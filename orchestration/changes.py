@@ -142,10 +142,17 @@ def changed_days(settings: Settings, instance: DagsterInstance) -> dict[date, st
     }
 
 
-def plan_runs(settings: Settings, instance: DagsterInstance) -> list[PlannedRun]:
-    """Plan the runs that bring every partition up to date with the landing folder, oldest first."""
+def plan_runs(settings: Settings, instance: DagsterInstance, complete_interrupted: bool = False) -> list[PlannedRun]:
+    """Plan the runs that bring every partition up to date with the landing folder, oldest first.
+
+    With ``complete_interrupted``, a published day whose later runs did not finish (the
+    process died after the ingest run, or a branch failed) is planned again for what it
+    lacks (see ``interrupted_days``). Only in-process callers set it: they plan while no
+    run of the home is in flight, so a missing materialization means an interrupted run.
+    """
     changed = changed_days(settings, instance)
-    if not changed:
+    interrupted = interrupted_days(settings, instance, changed) if complete_interrupted else {}
+    if not changed and not interrupted:
         return []
     window = settings.features.max_window_days
     computed_features = materialized_days(instance, "online_features")
@@ -159,6 +166,8 @@ def plan_runs(settings: Settings, instance: DagsterInstance) -> list[PlannedRun]
         assets.setdefault(day, set()).update(names)
         reasons.setdefault(day, []).append(reason)
 
+    for day, (names, reason) in interrupted.items():
+        add(day, names, reason)
     for day in sorted(changed):
         kind = "new" if recorded_version(instance, "increment", day) is None else "changed"
         add(day, DATA_ASSETS + ("training_rows",) + REPORT_ASSETS, f"{kind} increment {changed[day]}")
@@ -176,3 +185,35 @@ def plan_runs(settings: Settings, instance: DagsterInstance) -> list[PlannedRun]
         PlannedRun(day.isoformat(), tuple(name for name in ALL_ASSETS if name in assets[day]), "; ".join(reasons[day]))
         for day in sorted(assets)
     ]
+
+
+def interrupted_days(
+    settings: Settings, instance: DagsterInstance, changed: dict[date, str] | None = None
+) -> dict[date, tuple[tuple[str, ...], str]]:
+    """Return the published, unchanged days whose downstream assets are missing, with those assets and why.
+
+    A day's events carry its landed version, but its online features or training rows
+    were never materialized, or it is newer than every day with a challenger. The ingest
+    run of a day records the landed version, so ``changed_days`` no longer lists the day
+    when the process died or a branch failed after it.
+    """
+    changed = changed_days(settings, instance) if changed is None else changed
+    computed_features = materialized_days(instance, "online_features")
+    computed_rows = materialized_days(instance, "training_rows")
+    modelled = materialized_days(instance, "challenger_model")
+    newest_modelled = max(modelled) if modelled else None
+    interrupted: dict[date, tuple[tuple[str, ...], str]] = {}
+    for day, landed in landed_versions(settings).items():
+        if day in changed or recorded_version(instance, "events", day) != landed:
+            continue
+        names: set[str] = set()
+        if day not in computed_features:
+            names.update(DOWNSTREAM_FEATURE_ASSETS)
+        if day not in computed_rows:
+            names.add("training_rows")
+        if newest_modelled is None or day > newest_modelled:
+            names.update(("training_rows", *MODEL_ASSETS))
+        if names:
+            missing = [name for name in ALL_ASSETS if name in names]
+            interrupted[day] = ((*missing, *REPORT_ASSETS), f"interrupted: {', '.join(missing)} not materialized")
+    return interrupted

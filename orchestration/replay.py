@@ -194,13 +194,16 @@ def run_changes(
     instance: DagsterInstance | None = None,
     defs=None,
 ) -> list[DayRun]:
-    """Plan the runs for new and changed landed days, as the sensor does, and execute them in order."""
+    """Plan the runs for new and changed landed days, as the sensor does, and execute them in order.
+
+    Days whose earlier runs were interrupted after their ingest run are completed too.
+    """
     from orchestration.changes import plan_runs
 
     instance = instance or dagster_instance(settings)
     defs = defs or build_definitions(settings)
     runs = []
-    for planned in plan_runs(settings, instance):
+    for planned in plan_runs(settings, instance, complete_interrupted=True):
         outcome = run_day(settings, date.fromisoformat(planned.partition), instance, defs, planned.asset_keys)
         runs.append(outcome)
         if on_day is not None:

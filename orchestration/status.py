@@ -8,7 +8,7 @@ from datetime import date, datetime, timezone
 from dagster import AssetKey, DagsterInstance
 
 from freshrank.config import Settings
-from orchestration.changes import landed_versions, recorded_version
+from orchestration.changes import interrupted_days, landed_versions, recorded_version
 
 
 @dataclass(frozen=True)
@@ -32,16 +32,20 @@ def _last_materialized_at(instance: DagsterInstance, asset: str, day: date) -> d
 def partition_states(settings: Settings, instance: DagsterInstance) -> list[PartitionState]:
     """Return the state of every landed day, oldest first.
 
-    ``up to date``: the published events carry the landed version. ``quarantined``: the
-    landed version was staged and failed validation. ``new`` and ``changed``: the sensor
-    or `freshrank run` will compute the day.
+    ``up to date``: the published events carry the landed version. ``interrupted``: they
+    do, but a later run of the day did not finish, and `freshrank run` completes it.
+    ``quarantined``: the landed version was staged and failed validation. ``new`` and
+    ``changed``: the sensor or `freshrank run` will compute the day.
     """
     states = []
+    interrupted = interrupted_days(settings, instance)
     for day, landed in landed_versions(settings).items():
         staged = recorded_version(instance, "increment", day)
         published = recorded_version(instance, "events", day)
         computed = _last_materialized_at(instance, "online_features", day)
-        if published == landed:
+        if published == landed and day in interrupted:
+            state = "interrupted"
+        elif published == landed:
             state = "up to date"
         elif staged == landed:
             state = "quarantined"

@@ -214,3 +214,42 @@ def test_correction_reaches_redis(tmp_path, redis_url):
     online = online_features_for(settings, "user_features", {"user_id": user})
     for name in ("u_views_7d", "u_carts_7d", "u_last_event_epoch_us"):
         assert online[name] == pytest.approx(offline[name]), name
+
+
+def test_interrupted_day_completed_by_run(tmp_path):
+    from orchestration.replay import run_day
+    from orchestration.status import partition_states
+
+    settings = load_settings(tmp_path / "home")
+    for n in (1, 2, 3):
+        land(settings, n)
+    assert all(run.success for run in run_changes(settings))
+    land(settings, 4)
+    instance = dagster_instance(settings)
+    # Day 4's ingest run finishes, and the process dies before the online and model branches.
+    assert run_day(settings, day(4), instance, assets=[AssetKey("increment"), AssetKey("events")]).success
+
+    assert plan_runs(settings, instance) == []
+    planned = plan_runs(settings, instance, complete_interrupted=True)
+    assert [run.partition for run in planned] == ["2024-01-04"]
+    assert "increment" not in planned[0].assets
+    assert "online_features" in planned[0].assets
+    assert "challenger_model" in planned[0].assets
+    assert planned[0].reason.startswith("interrupted: ")
+    states = {state.day: state.state for state in partition_states(settings, instance)}
+    assert states["2024-01-04"] == "interrupted"
+    assert states["2024-01-03"] == "up to date"
+
+    cursor = last_storage_id(instance)
+    runs = run_changes(settings)
+
+    assert [run.day for run in runs] == ["2024-01-04"]
+    assert runs[0].success
+    done = materializations_since(instance, cursor)
+    assert done[("online_features", "2024-01-04")] == 1
+    assert done[("challenger_model", "2024-01-04")] == 1
+    assert done[("deployment", "2024-01-04")] == 1
+    assert done[("increment", "2024-01-04")] == 0
+    assert all(partition != "2024-01-03" for _, partition in done)
+    assert plan_runs(settings, instance, complete_interrupted=True) == []
+    assert {state.day: state.state for state in partition_states(settings, instance)}["2024-01-04"] == "up to date"
