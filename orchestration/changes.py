@@ -46,6 +46,8 @@ MODEL_ASSETS: tuple[str, ...] = (
     "prediction_drift",
     "deployment",
 )
+AFTER_CHALLENGER_ASSETS: tuple[str, ...] = ("shadow_full_retrain", "prediction_drift", "deployment")
+"""Model assets of a day's deploy run, which starts once its challenger is trained."""
 REPORT_ASSETS: tuple[str, ...] = ("daily_report",)
 ALL_ASSETS: tuple[str, ...] = (*DATA_ASSETS, "training_rows", *MODEL_ASSETS, *REPORT_ASSETS)
 _DIGEST_CACHE = ".landing_digests.json"
@@ -193,15 +195,17 @@ def interrupted_days(
     """Return the published, unchanged days whose downstream assets are missing, with those assets and why.
 
     A day's events carry its landed version, but its online features or training rows
-    were never materialized, or it is newer than every day with a challenger. The ingest
-    run of a day records the landed version, so ``changed_days`` no longer lists the day
-    when the process died or a branch failed after it.
+    were never materialized, or it is newer than every day with a challenger, or it is the
+    newest such day and its deploy run did not finish. The ingest run of a day records the
+    landed version, so ``changed_days`` no longer lists the day when the process died or
+    a branch failed after it.
     """
     changed = changed_days(settings, instance) if changed is None else changed
     computed_features = materialized_days(instance, "online_features")
     computed_rows = materialized_days(instance, "training_rows")
     modelled = materialized_days(instance, "challenger_model")
     newest_modelled = max(modelled) if modelled else None
+    after_challenger = {name: materialized_days(instance, name) for name in AFTER_CHALLENGER_ASSETS}
     interrupted: dict[date, tuple[tuple[str, ...], str]] = {}
     for day, landed in landed_versions(settings).items():
         if day in changed or recorded_version(instance, "events", day) != landed:
@@ -213,6 +217,8 @@ def interrupted_days(
             names.add("training_rows")
         if newest_modelled is None or day > newest_modelled:
             names.update(("training_rows", *MODEL_ASSETS))
+        elif day == newest_modelled:
+            names.update(name for name, days in after_challenger.items() if day not in days)
         if names:
             missing = [name for name in ALL_ASSETS if name in names]
             interrupted[day] = ((*missing, *REPORT_ASSETS), f"interrupted: {', '.join(missing)} not materialized")

@@ -253,3 +253,28 @@ def test_interrupted_day_completed_by_run(tmp_path):
     assert all(partition != "2024-01-03" for _, partition in done)
     assert plan_runs(settings, instance, complete_interrupted=True) == []
     assert {state.day: state.state for state in partition_states(settings, instance)}["2024-01-04"] == "up to date"
+
+
+def test_interrupted_deploy_run_completed(tmp_path):
+    from orchestration.replay import run_day
+
+    settings = load_settings(tmp_path / "home")
+    for n in (1, 2, 3):
+        land(settings, n)
+    assert all(run.success for run in run_changes(settings))
+    land(settings, 4)
+    instance = dagster_instance(settings)
+    # Day 4's ingest run and both branches finish, and the process dies before the deploy run.
+    branches = ["increment", "events", *FEATURE_AND_ONLINE, "training_rows", "prequential_evaluation", "challenger_model"]
+    assert run_day(settings, day(4), instance, assets=[AssetKey(name) for name in branches]).success
+
+    planned = plan_runs(settings, instance, complete_interrupted=True)
+
+    assert [run.partition for run in planned] == ["2024-01-04"]
+    assert planned[0].assets == ("shadow_full_retrain", "prediction_drift", "deployment", "daily_report")
+    cursor = last_storage_id(instance)
+    assert all(run.success for run in run_changes(settings))
+    done = materializations_since(instance, cursor)
+    assert done[("deployment", "2024-01-04")] == 1
+    assert done[("challenger_model", "2024-01-04")] == 0
+    assert plan_runs(settings, instance, complete_interrupted=True) == []
