@@ -216,16 +216,21 @@ def test_correction_reaches_redis(tmp_path, redis_url):
         assert online[name] == pytest.approx(offline[name]), name
 
 
-def test_interrupted_day_completed_by_run(tmp_path):
-    from orchestration.replay import run_day
-    from orchestration.status import partition_states
-
+def three_days_and_a_fourth_landed(tmp_path):
+    """Return a home with days 1 to 3 run, day 4 landed, and its Dagster instance."""
     settings = load_settings(tmp_path / "home")
     for n in (1, 2, 3):
         land(settings, n)
     assert all(run.success for run in run_changes(settings))
     land(settings, 4)
-    instance = dagster_instance(settings)
+    return settings, dagster_instance(settings)
+
+
+def test_interrupted_day_completed_by_run(tmp_path):
+    from orchestration.replay import run_day
+    from orchestration.status import partition_states
+
+    settings, instance = three_days_and_a_fourth_landed(tmp_path)
     # Day 4's ingest run finishes, and the process dies before the online and model branches.
     assert run_day(settings, day(4), instance, assets=[AssetKey("increment"), AssetKey("events")]).success
 
@@ -258,12 +263,7 @@ def test_interrupted_day_completed_by_run(tmp_path):
 def test_interrupted_deploy_run_completed(tmp_path):
     from orchestration.replay import run_day
 
-    settings = load_settings(tmp_path / "home")
-    for n in (1, 2, 3):
-        land(settings, n)
-    assert all(run.success for run in run_changes(settings))
-    land(settings, 4)
-    instance = dagster_instance(settings)
+    settings, instance = three_days_and_a_fourth_landed(tmp_path)
     # Day 4's ingest run and both branches finish, and the process dies before the deploy run.
     branches = ["increment", "events", *FEATURE_AND_ONLINE, "training_rows", "prequential_evaluation", "challenger_model"]
     assert run_day(settings, day(4), instance, assets=[AssetKey(name) for name in branches]).success
