@@ -193,17 +193,19 @@ def run_changes(
     on_day: Callable[[DayRun], None] | None = None,
     instance: DagsterInstance | None = None,
     defs=None,
+    complete_interrupted: bool = True,
 ) -> list[DayRun]:
     """Plan the runs for new and changed landed days, as the sensor does, and execute them in order.
 
-    Days whose earlier runs were interrupted after their ingest run are completed too.
+    With ``complete_interrupted``, days whose earlier runs were interrupted after their
+    ingest run are completed too (see ``orchestration.changes.interrupted_days``).
     """
     from orchestration.changes import plan_runs
 
     instance = instance or dagster_instance(settings)
     defs = defs or build_definitions(settings)
     runs = []
-    for planned in plan_runs(settings, instance, complete_interrupted=True):
+    for planned in plan_runs(settings, instance, complete_interrupted=complete_interrupted):
         outcome = run_day(settings, date.fromisoformat(planned.partition), instance, defs, planned.asset_keys)
         runs.append(outcome)
         if on_day is not None:

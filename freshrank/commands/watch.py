@@ -42,9 +42,13 @@ def watch(
     defs = build_definitions(settings)
     _warm_up()
     console.print(f"watching {settings.landing_dir} every {interval:g} s")
+    first = True
     while True:
         started = time.perf_counter()
-        runs = run_changes(settings, instance=instance, defs=defs)
+        # Days interrupted before this process started are completed on the first look. After
+        # that, a day whose branch fails waits for the next start instead of rerunning every look.
+        runs = run_changes(settings, instance=instance, defs=defs, complete_interrupted=first)
+        first = False
         for run in runs:
             state = "ok" if run.success else ("blocked by validation" if run.check_passed is False else "FAILED")
             console.print(f"{run.day}: {state} in {sum(run.step_seconds.values()):.1f} s of steps; {', '.join(run.materialized)}")
