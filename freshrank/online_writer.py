@@ -219,7 +219,7 @@ def write_sqlite(
     version = config.entity_key_serialization_version
     current, expired = split_expired(newest_rows(table, join_keys), features if delete_expired else [])
     rows, keys = _in_key_order(current, join_keys, version)
-    _, expired_keys = _in_key_order(expired, join_keys, version)
+    expired_keys = sorted(serialized_entity_keys(expired, join_keys, version))
     table_name = compute_table_id(config.project, feature_view, config.registry.enable_online_feature_view_versioning)
     upsert = (
         f'INSERT INTO "{table_name}" (entity_key, feature_name, value, value_text, event_ts, created_ts) '
@@ -237,7 +237,7 @@ def write_sqlite(
             for start in range(0, rows.num_rows, _CHUNK_ROWS):
                 chunk = rows.slice(start, _CHUNK_ROWS)
                 connection.executemany(upsert, _sqlite_records(chunk, keys.slice(start, _CHUNK_ROWS).to_pylist(), features, encoder))
-            connection.executemany(delete, ((key,) for key in expired_keys.to_pylist()))
+            connection.executemany(delete, ((key,) for key in expired_keys))
     finally:
         connection.close()
     return WriteStats(entities=rows.num_rows, values=rows.num_rows * len(features), deleted=expired.num_rows)

@@ -194,11 +194,11 @@ def interrupted_days(
 ) -> dict[date, tuple[tuple[str, ...], str]]:
     """Return the published, unchanged days whose downstream assets are missing, with those assets and why.
 
-    A day's events carry its landed version, but its online features or training rows
-    were never materialized, or it is newer than every day with a challenger, or it is the
-    newest such day and its deploy run did not finish. The ingest run of a day records the
-    landed version, so ``changed_days`` no longer lists the day when the process died or
-    a branch failed after it.
+    Such a day's events carry its landed version, but something after them is missing.
+    Its online features or training rows were never materialized, or it is newer than
+    every day with a challenger. Or it is the newest day with a challenger, and its deploy
+    run did not finish. The ingest run records the landed version, so ``changed_days`` no
+    longer lists a day whose process died or whose branch failed after that run.
     """
     changed = changed_days(settings, instance) if changed is None else changed
     computed_features = materialized_days(instance, "online_features")
