@@ -1,4 +1,4 @@
-"""The bulk writer's entity keys and newest-row selection against Feast's own helpers."""
+"""The bulk writer's entity keys, serialized values and newest-row selection against Feast's own helpers."""
 
 from __future__ import annotations
 
@@ -8,9 +8,23 @@ import pyarrow as pa
 import pytest
 from feast.infra.key_encoding_utils import serialize_entity_key
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
+from feast.infra.online_stores.helpers import extract_text_and_num
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+from google.protobuf.timestamp_pb2 import Timestamp
 
-from freshrank.online_writer import newest_rows, serialized_entity_keys
+from freshrank.online_writer import (
+    _redis_stamp,
+    _sqlite_timestamp,
+    _ValueEncoder,
+    newest_rows,
+    per_distinct,
+    serialized_entity_keys,
+    value_blobs,
+    value_texts,
+)
+
+DOUBLES = pa.chunked_array([pa.array([1.0, None, 0.0, -2.5, float("nan"), 1.7e15, 5e-324]), pa.array([None, 3.0, -0.0])])
+"""Feature values across two chunks: nulls, zero and negative zero, NaN, an epoch in microseconds, a subnormal."""
 
 
 def _feast_key(join_keys: list[str], values: list[str]) -> bytes:
@@ -60,3 +74,39 @@ def test_created_timestamp_breaks_ties():
         }
     )
     assert newest_rows(table, ["user_id"]).column("value").to_pylist() == [2.0]
+
+
+def _feast_value(value: float | None) -> ValueProto:
+    return ValueProto() if value is None else ValueProto(double_val=value)
+
+
+def test_double_blobs_equal_protobuf():
+    expected = [_feast_value(value).SerializeToString() for value in DOUBLES.to_pylist()]
+    assert value_blobs(DOUBLES, _ValueEncoder()) == expected
+
+
+def test_blobs_of_other_types_go_through_protobuf():
+    counts = pa.array([3, None, 0], pa.float32())
+    expected = [_feast_value(value).SerializeToString() for value in counts.to_pylist()]
+    assert value_blobs(counts, _ValueEncoder()) == expected
+
+
+def test_texts_equal_feast_value_text():
+    expected = [extract_text_and_num(_feast_value(value), False)[0] for value in DOUBLES.to_pylist()]
+    assert value_texts(DOUBLES) == expected
+
+
+def test_timestamps_converted_once_per_distinct_value():
+    instants = [datetime(2024, 1, day, 23, 59, 59, tzinfo=timezone.utc) for day in (2, 1, 2, 2, 3)]
+    column = pa.chunked_array([pa.array(instants[:2], pa.timestamp("us", "UTC")), pa.array(instants[2:], pa.timestamp("us", "UTC"))])
+    seen = []
+
+    def counted(instant: datetime) -> int:
+        seen.append(instant)
+        return _sqlite_timestamp(instant)
+
+    assert per_distinct(column, counted, pa.int64()) == [int(instant.timestamp()) for instant in instants]
+    assert sorted(seen) == sorted(set(instants))
+    stamps = per_distinct(column, _redis_stamp, pa.binary())
+    parsed = [Timestamp.FromString(blob).ToDatetime(tzinfo=timezone.utc) for blob in stamps]
+    assert parsed == instants
