@@ -119,7 +119,7 @@ def value_texts(column: pa.ChunkedArray | pa.Array) -> list[str | None]:
 def per_distinct(column: pa.ChunkedArray | pa.Array, convert, result_type: pa.DataType) -> list:
     """Apply ``convert`` to each distinct value of ``column`` once and return one result per row.
 
-    Timestamps are the use: a partition holds a few distinct instants, and converting an
+    Timestamps are the use: a partition contains a few distinct instants, and converting an
     Arrow timestamp to a Python ``datetime`` costs microseconds per row.
     """
     distinct = pc.unique(column)
