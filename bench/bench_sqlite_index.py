@@ -13,6 +13,7 @@ differ from the day before, as the day's diff write does.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sqlite3
 import sys
@@ -35,8 +36,12 @@ VARIANTS = {"Feast's index on entity_key (full)": True, "index emptied (default)
 
 
 def prepare_copy(source: Path, target: Path, full: bool) -> None:
-    """Copy the SQLite file and set the entity_key index of every view's table, outside the timed write."""
+    """Copy the SQLite file and set the entity_key index of every view's table, outside the timed write.
+
+    The copy is flushed to disk first, so the timed write's commit does not also flush it.
+    """
     shutil.copyfile(source, target)
+    os.sync()
     connection = sqlite3.connect(target)
     try:
         tables = [row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
