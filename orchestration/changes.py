@@ -135,13 +135,40 @@ def materialized_days(instance: DagsterInstance, asset: str) -> set[date]:
     return {date.fromisoformat(key) for key in instance.get_materialized_partitions(AssetKey(asset))}
 
 
-def changed_days(settings: Settings, instance: DagsterInstance) -> dict[date, str]:
-    """Return the landed days whose content differs from what ``increment`` recorded, with their versions."""
-    return {
-        day: version
-        for day, version in landed_versions(settings).items()
-        if recorded_version(instance, "increment", day) != version
-    }
+def changed_days(
+    settings: Settings, instance: DagsterInstance, landed: dict[date, str] | None = None
+) -> dict[date, str]:
+    """Return the landed days whose content differs from what ``increment`` recorded, with their versions.
+
+    ``landed`` is the result of ``landed_versions`` when the caller has it already.
+    """
+    landed = landed_versions(settings) if landed is None else landed
+    return {day: version for day, version in landed.items() if recorded_version(instance, "increment", day) != version}
+
+
+@dataclass(frozen=True)
+class Materialized:
+    """Days materialized at least once, per downstream asset, read from Dagster once per plan."""
+
+    features: set[date]
+    rows: set[date]
+    modelled: set[date]
+    after_challenger: dict[str, set[date]]
+
+    @classmethod
+    def read(cls, instance: DagsterInstance) -> Materialized:
+        """Read the materialized days of ``online_features``, ``training_rows`` and the model assets."""
+        return cls(
+            features=materialized_days(instance, "online_features"),
+            rows=materialized_days(instance, "training_rows"),
+            modelled=materialized_days(instance, "challenger_model"),
+            after_challenger={name: materialized_days(instance, name) for name in AFTER_CHALLENGER_ASSETS},
+        )
+
+    @property
+    def newest_modelled(self) -> date | None:
+        """Return the newest day with a challenger, or None before the first."""
+        return max(self.modelled) if self.modelled else None
 
 
 def plan_runs(settings: Settings, instance: DagsterInstance, complete_interrupted: bool = False) -> list[PlannedRun]:
@@ -152,15 +179,13 @@ def plan_runs(settings: Settings, instance: DagsterInstance, complete_interrupte
     lacks (see ``interrupted_days``). Only in-process callers set it: they plan while no
     run of the home is in flight, so a missing materialization means an interrupted run.
     """
-    changed = changed_days(settings, instance)
-    interrupted = interrupted_days(settings, instance, changed) if complete_interrupted else {}
+    landed = landed_versions(settings)
+    changed = changed_days(settings, instance, landed)
+    materialized = Materialized.read(instance)
+    interrupted = interrupted_days(settings, instance, changed, landed, materialized) if complete_interrupted else {}
     if not changed and not interrupted:
         return []
     window = settings.features.max_window_days
-    computed_features = materialized_days(instance, "online_features")
-    computed_rows = materialized_days(instance, "training_rows")
-    modelled = materialized_days(instance, "challenger_model")
-    newest_modelled = max(modelled) if modelled else None
     assets: dict[date, set[str]] = {}
     reasons: dict[date, list[str]] = {}
 
@@ -173,15 +198,15 @@ def plan_runs(settings: Settings, instance: DagsterInstance, complete_interrupte
     for day in sorted(changed):
         kind = "new" if recorded_version(instance, "increment", day) is None else "changed"
         add(day, DATA_ASSETS + ("training_rows",) + REPORT_ASSETS, f"{kind} increment {changed[day]}")
-        if newest_modelled is None or day > newest_modelled:
+        if materialized.newest_modelled is None or day > materialized.newest_modelled:
             add(day, MODEL_ASSETS, "newest day: continue the model chain")
         for offset in range(1, window):
             later = day + timedelta(days=offset)
-            if later in computed_features and later not in changed:
+            if later in materialized.features and later not in changed:
                 add(later, DOWNSTREAM_FEATURE_ASSETS, f"window contains {day}")
         for offset in range(1, window + 1):
             later = day + timedelta(days=offset)
-            if later in computed_rows and later not in changed:
+            if later in materialized.rows and later not in changed:
                 add(later, ("training_rows",), f"features of the day before changed ({day})")
     return [
         PlannedRun(day.isoformat(), tuple(name for name in ALL_ASSETS if name in assets[day]), "; ".join(reasons[day]))
@@ -190,7 +215,11 @@ def plan_runs(settings: Settings, instance: DagsterInstance, complete_interrupte
 
 
 def interrupted_days(
-    settings: Settings, instance: DagsterInstance, changed: dict[date, str] | None = None
+    settings: Settings,
+    instance: DagsterInstance,
+    changed: dict[date, str] | None = None,
+    landed: dict[date, str] | None = None,
+    materialized: Materialized | None = None,
 ) -> dict[date, tuple[tuple[str, ...], str]]:
     """Return the published, unchanged days whose downstream assets are missing, with those assets and why.
 
@@ -199,26 +228,27 @@ def interrupted_days(
     every day with a challenger. Or it is the newest day with a challenger, and its deploy
     run did not finish. The ingest run records the landed version, so ``changed_days`` no
     longer lists a day whose process died or whose branch failed after that run.
+
+    ``changed``, ``landed`` and ``materialized`` are what ``plan_runs`` has read already. Each one
+    left out is read here.
     """
-    changed = changed_days(settings, instance) if changed is None else changed
-    computed_features = materialized_days(instance, "online_features")
-    computed_rows = materialized_days(instance, "training_rows")
-    modelled = materialized_days(instance, "challenger_model")
-    newest_modelled = max(modelled) if modelled else None
-    after_challenger = {name: materialized_days(instance, name) for name in AFTER_CHALLENGER_ASSETS}
+    landed = landed_versions(settings) if landed is None else landed
+    changed = changed_days(settings, instance, landed) if changed is None else changed
+    materialized = Materialized.read(instance) if materialized is None else materialized
+    newest_modelled = materialized.newest_modelled
     interrupted: dict[date, tuple[tuple[str, ...], str]] = {}
-    for day, landed in landed_versions(settings).items():
-        if day in changed or recorded_version(instance, "events", day) != landed:
+    for day, version in landed.items():
+        if day in changed or recorded_version(instance, "events", day) != version:
             continue
         names: set[str] = set()
-        if day not in computed_features:
+        if day not in materialized.features:
             names.update(DOWNSTREAM_FEATURE_ASSETS)
-        if day not in computed_rows:
+        if day not in materialized.rows:
             names.add("training_rows")
         if newest_modelled is None or day > newest_modelled:
             names.update(("training_rows", *MODEL_ASSETS))
         elif day == newest_modelled:
-            names.update(name for name, days in after_challenger.items() if day not in days)
+            names.update(name for name, days in materialized.after_challenger.items() if day not in days)
         if names:
             missing = [name for name in ALL_ASSETS if name in names]
             interrupted[day] = ((*missing, *REPORT_ASSETS), f"interrupted: {', '.join(missing)} not materialized")

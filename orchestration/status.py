@@ -38,8 +38,9 @@ def partition_states(settings: Settings, instance: DagsterInstance) -> list[Part
     ``changed``: the sensor or `freshrank run` will compute the day.
     """
     states = []
-    interrupted = interrupted_days(settings, instance)
-    for day, landed in landed_versions(settings).items():
+    versions = landed_versions(settings)
+    interrupted = interrupted_days(settings, instance, landed=versions)
+    for day, landed in versions.items():
         staged = recorded_version(instance, "increment", day)
         published = recorded_version(instance, "events", day)
         computed = _last_materialized_at(instance, "online_features", day)
