@@ -1,8 +1,8 @@
-"""The diff write of one day into a large SQLite online store, with Feast's entity_key index full or empty.
+"""The diff write of one day into a large SQLite online store, in variants of the bulk writer.
 
-Feast's SQLite tables have the primary key (entity_key, feature_name) and a second index on
-entity_key alone. The bulk writer empties the second one by default
-(``online_store.sqlite_entity_index: false``). ``--online-db`` is a copy of the home's
+Two switches: Feast's second index on entity_key full or emptied (the default empties it,
+``online_store.sqlite_entity_index: false``), and writing only the values that changed
+(the default) or every value of a changed entity. ``--online-db`` is a copy of the home's
 ``online.db`` taken when it reflected the day before ``--day``. The script copies that
 file once per variant. Into each copy it writes the rows of ``--day``'s partitions that
 differ from the day before, as the day's diff write does.
@@ -30,9 +30,15 @@ from feast import FeatureStore  # noqa: E402
 from freshrank.config import load_settings  # noqa: E402
 from freshrank.feature_store import repo_config  # noqa: E402
 from freshrank.features import ENTITY_KEYS, FEATURE_VIEWS, feature_columns, partition_path  # noqa: E402
-from freshrank.online_writer import changed_rows, set_entity_index, write_sqlite  # noqa: E402
+from freshrank.online_writer import changed_column, changed_rows, set_entity_index, write_sqlite  # noqa: E402
 
-VARIANTS = {"Feast's index on entity_key (full)": True, "index emptied (default)": False}
+VARIANTS = {
+    "index full, every value of a changed entity": (True, False),
+    "index emptied, every value of a changed entity": (False, False),
+    "index full, changed values": (True, True),
+    "index emptied, changed values (default)": (False, True),
+}
+"""Per variant: Feast's entity_key index full, and only changed values written."""
 
 
 def prepare_copy(source: Path, target: Path, full: bool) -> None:
@@ -74,20 +80,25 @@ def main() -> None:
 
     rows, payload = [], {"day": args.day.isoformat(), "entity_rows": entities, "machine": machine(), "seconds": {}}
     with tempfile.TemporaryDirectory(dir=args.online_db.parent) as tmp:
-        for name, full in VARIANTS.items():
+        for name, (full, changed_only) in VARIANTS.items():
             config = repo_config(settings)
             config.online_store.path = str(Path(tmp) / "online.db")
             store = FeatureStore(config=config, repo_path=str(settings.feast_dir))
             prepare_copy(args.online_db, Path(config.online_store.path), full)
+            values = 0
             began = time.perf_counter()
             for view, table in tables.items():
-                write_sqlite(store, view, table, feature_columns(view, settings.features), entity_index=full)
+                features = feature_columns(view, settings.features)
+                if not changed_only:
+                    table = table.drop_columns([changed_column(feature) for feature in features])
+                values += write_sqlite(store, view, table, features, entity_index=full).values
             seconds = time.perf_counter() - began
             payload["seconds"][name] = seconds
-            rows.append([name, f"{entities:,}", f"{seconds:.1f}", f"{entities / seconds:,.0f}"])
+            payload.setdefault("values", {})[name] = values
+            rows.append([name, f"{entities:,}", f"{values:,}", f"{seconds:.1f}", f"{entities / seconds:,.0f}"])
 
     size = args.online_db.stat().st_size / 1e9
-    print_table(f"Diff write of {args.day} into a {size:.1f} GB SQLite file", ["index", "entity rows", "seconds", "entity rows/s"], rows)
+    print_table(f"Diff write of {args.day} into a {size:.1f} GB SQLite file", ["variant", "entity rows", "values written", "seconds", "entity rows/s"], rows)
     print(f"\nJSON: {write_json('sqlite_index', payload)}")
 
 

@@ -123,6 +123,8 @@ class OnlineWrite:
         seconds: Wall time of the write.
         deleted: Per feature view, the entities deleted because their newest row is an
             expiry row (the bulk writer only; Feast's ``materialize`` writes null values).
+        values: Per feature view, the (entity, feature) values written (the bulk writer
+            only). A diff write into SQLite writes only the values that changed.
     """
 
     start: datetime
@@ -132,6 +134,7 @@ class OnlineWrite:
     rows: dict[str, int]
     seconds: float
     deleted: dict[str, int] = field(default_factory=dict)
+    values: dict[str, int] = field(default_factory=dict)
 
     @property
     def total_rows(self) -> int:
@@ -176,6 +179,7 @@ def write_online(settings: Settings, day: date, store: FeatureStore | None = Non
     watermark = watermark_for(settings, newest, mode)
     began = time.perf_counter()
     deleted: dict[str, int] = {}
+    values: dict[str, int] = {}
     if settings.online_store.writer == "feast":
         store.materialize(start_date=start, end_date=end, feature_views=list(FEATURE_VIEWS))
         rows = {view: _partition_rows(settings, view, day, newest) for view in FEATURE_VIEWS}
@@ -183,10 +187,13 @@ def write_online(settings: Settings, day: date, store: FeatureStore | None = Non
         stats = diff_materialize(settings, store, day) if mode == "diff" else bulk_materialize(settings, store, first, newest)
         rows = {view: view_stats.entities for view, view_stats in stats.items()}
         deleted = {view: view_stats.deleted for view, view_stats in stats.items()}
+        values = {view: view_stats.values for view, view_stats in stats.items()}
     crash_point("feature_store.after_materialize")
     write_watermark(store.config, watermark)
     seconds = time.perf_counter() - began
-    write = OnlineWrite(start=start, end=end, mode=mode, reason=reason, rows=rows, seconds=seconds, deleted=deleted)
+    write = OnlineWrite(
+        start=start, end=end, mode=mode, reason=reason, rows=rows, seconds=seconds, deleted=deleted, values=values
+    )
     logger.info(
         "%s online write of %s: %d entity rows written and %d entities deleted in %.1f s (%s)",
         mode,
@@ -256,13 +263,15 @@ def plan_online_write(settings: Settings, store: FeatureStore, day: date, newest
 def diff_materialize(settings: Settings, store: FeatureStore, day: date) -> dict[str, WriteStats]:
     """Write the rows of ``day``'s partitions that differ from ``day - 1``'s; return the write per view.
 
-    Rows left alone keep the event timestamp of the day they last changed, and a row with
-    values is still younger than the view's ttl (its window, ``features.view_window_days``).
-    The row stays unchanged only while the entity has no new event, because a new event
-    moves its last-event time. Meanwhile the events of its earliest day in the window drop
-    out at most ``window`` days after the row was written, which changes its window counts
-    or turns it into an expiry row. So an unchanged row with values is at most
-    ``window - 1`` days old.
+    Rows left alone keep the event timestamp of the day they last changed, and an entity
+    with values last changed within the view's ttl (its window, ``features.view_window_days``).
+    It stays unchanged only while it has no new event, because a new event moves its
+    last-event time. Meanwhile the events of its earliest day in the window drop out at
+    most ``window`` days after it last changed, which changes its window counts or turns
+    it into an expiry row. So an unchanged entity with values last changed at most
+    ``window - 1`` days before. The SQLite writer rewrites only the changed values of an
+    entity, plus the feature row Feast takes the entity's timestamp from
+    (``freshrank.online_writer``).
     """
 
     from freshrank.online_writer import WriteStats, bulk_writer, changed_rows

@@ -15,6 +15,10 @@ current windows instead of every entity ever seen.
 
 Feast's SQLite tables carry a second index on ``entity_key``, which repeats the first
 column of their primary key. The writer empties it (``set_entity_index``).
+
+Given the rows of ``changed_rows``, the SQLite writer writes only the values that changed
+(see ``_sqlite_records``). A SQLite table has one row per entity and feature, and the
+write's cost follows those rows.
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ _REDIS_CHUNK = 5000
 _CHUNK_ROWS = 250_000
 """Entity rows whose Python objects are built at once by the writers."""
 _ROW = "__freshrank_row"
+_CHANGED_PREFIX = "__freshrank_changed__"
+_PRESENT = "__freshrank_present"
 
 
 @dataclass(frozen=True)
@@ -200,26 +206,37 @@ def split_expired(rows: pa.Table, features: list[str]) -> tuple[pa.Table, pa.Tab
     return rows.filter(pc.invert(empty)), rows.filter(empty)
 
 
+def changed_column(feature: str) -> str:
+    """Return the name of the column that flags the changed values of ``feature`` in ``changed_rows``."""
+    return f"{_CHANGED_PREFIX}{feature}"
+
+
 def changed_rows(
     current: Path, previous: Path, join_keys: list[str], features: list[str], memory: MemoryBound | None = None
 ) -> pa.Table:
     """Return the rows of partition ``current`` whose feature values differ from partition ``previous``.
 
     A row counts as changed when its entity is new or any feature differs. The event and
-    created timestamps are not compared. ``EXCEPT`` compares NULL with NULL as equal, so an
-    all-null expiry row is new only on the day the entity leaves. Entities of ``previous``
-    missing from ``current`` yield nothing, because they left earlier and their expiry row
-    was written then. ``memory`` bounds the DuckDB connection.
+    created timestamps are not compared. NULL equals NULL here, so an all-null expiry row
+    is new only on the day the entity leaves. Entities of ``previous`` missing from
+    ``current`` yield nothing, because they left earlier and their expiry row was written
+    then. ``memory`` bounds the DuckDB connection.
+
+    Each feature gets a boolean column ``changed_column(feature)``: true where its value
+    differs from the previous row, and for every feature of an entity whose previous row
+    is missing or all null, because the online store then has none of its values.
     """
-    compared = ", ".join(sql_identifier(name) for name in [*join_keys, *features])
-    keys = ", ".join(sql_identifier(name) for name in join_keys)
+    on = " AND ".join(f"c.{sql_identifier(key)} IS NOT DISTINCT FROM p.{sql_identifier(key)}" for key in join_keys)
+    differs = [f"c.{sql_identifier(name)} IS DISTINCT FROM p.{sql_identifier(name)}" for name in features]
+    fresh = " AND ".join(f"p.{sql_identifier(name)} IS NULL" for name in features) or "FALSE"
+    flags = "".join(
+        f", ({fresh}) OR {condition} AS {sql_identifier(changed_column(name))}" for name, condition in zip(features, differs)
+    )
     query = f"""
-        WITH changed AS (
-            SELECT {compared} FROM read_parquet({sql_string(current)})
-            EXCEPT
-            SELECT {compared} FROM read_parquet({sql_string(previous)})
-        )
-        SELECT rows.* FROM read_parquet({sql_string(current)}) AS rows SEMI JOIN changed USING ({keys})
+        SELECT c.*{flags}
+        FROM read_parquet({sql_string(current)}) AS c
+        LEFT JOIN (SELECT *, TRUE AS {_PRESENT} FROM read_parquet({sql_string(previous)})) AS p ON {on}
+        WHERE p.{_PRESENT} IS NULL {"".join(f" OR {condition}" for condition in differs)}
     """
     return arrow_query(query, memory)
 
@@ -263,6 +280,7 @@ def write_sqlite(
     )
     delete = f'DELETE FROM "{table_name}" WHERE entity_key = ?'
     encoder = _ValueEncoder()
+    values = 0
     connection = sqlite3.connect(config.online_store.path, timeout=60)
     try:
         connection.execute("PRAGMA cache_size = -262144")
@@ -270,11 +288,13 @@ def write_sqlite(
         with connection:
             for start in range(0, rows.num_rows, _CHUNK_ROWS):
                 chunk = rows.slice(start, _CHUNK_ROWS)
-                connection.executemany(upsert, _sqlite_records(chunk, keys.slice(start, _CHUNK_ROWS).to_pylist(), features, encoder))
+                records, count = _sqlite_records(chunk, keys.slice(start, _CHUNK_ROWS).to_pylist(), features, encoder)
+                connection.executemany(upsert, records)
+                values += count
             connection.executemany(delete, ((key,) for key in expired_keys))
     finally:
         connection.close()
-    return WriteStats(entities=rows.num_rows, values=rows.num_rows * len(features), deleted=expired.num_rows)
+    return WriteStats(entities=rows.num_rows, values=values, deleted=expired.num_rows)
 
 
 def set_entity_index(connection: sqlite3.Connection, table_name: str, full: bool) -> None:
@@ -314,18 +334,49 @@ def _in_key_order(rows: pa.Table, join_keys: list[str], version: int) -> tuple[p
     return rows.take(order), keys.take(order)
 
 
-def _sqlite_records(chunk: pa.Table, keys: list[bytes], features: list[str], encoder: _ValueEncoder):
-    """Yield one record per (entity, feature) of ``chunk``, entity-major, features by name."""
+def _sqlite_records(chunk: pa.Table, keys: list[bytes], features: list[str], encoder: _ValueEncoder) -> tuple[zip, int]:
+    """Return the records of ``chunk`` to upsert, in primary-key order, and their count.
+
+    Every feature of each entity is written, or with the flags of ``changed_rows`` only
+    the changed ones and the feature that sorts last. Feast's SQLite store reports an
+    entity's event timestamp from the row it reads last, in primary-key order, which is
+    that feature's row. So the reported timestamp stays the day the entity last changed.
+    NOTE: with ``sqlite_entity_index: true`` SQLite may read through that index, in rowid
+    order. That is the same order for entities this writer inserted (features by name),
+    not necessarily for entities Feast's ``materialize`` inserted.
+    """
+    names = sorted(features)
+    written = _written_values(chunk, names)
+    rows, columns = np.nonzero(written)
+    row_list = rows.tolist()
+    # Position of each value in the per-feature lists laid end to end.
+    positions = (columns * chunk.num_rows + rows).tolist()
+    blobs, texts = [], []
+    for name in names:
+        column = chunk.column(name)
+        blobs.extend(value_blobs(column, encoder))
+        texts.extend(value_texts(column) if pa.types.is_float64(column.type) else [encoder.encode(value)[1] for value in column.to_pylist()])
     event_ts = per_distinct(chunk.column("event_timestamp"), _sqlite_timestamp, pa.int64())
     created_ts = per_distinct(chunk.column("created_timestamp"), _sqlite_timestamp, pa.int64())
-    per_feature = []
-    for name in sorted(features):
-        column = chunk.column(name)
-        blobs = value_blobs(column, encoder)
-        texts = value_texts(column) if pa.types.is_float64(column.type) else [encoder.encode(value)[1] for value in column.to_pylist()]
-        per_feature.append(zip(keys, itertools.repeat(name), blobs, texts, event_ts, created_ts))
-    # Built lazily by zip in C.
-    return itertools.chain.from_iterable(zip(*per_feature))
+    records = zip(
+        [keys[row] for row in row_list],
+        [names[column] for column in columns.tolist()],
+        [blobs[position] for position in positions],
+        [texts[position] for position in positions],
+        [event_ts[row] for row in row_list],
+        [created_ts[row] for row in row_list],
+    )
+    return records, len(row_list)
+
+
+def _written_values(chunk: pa.Table, names: list[str]) -> np.ndarray:
+    """Return which (row, feature) values of ``chunk`` to write, one column per name in ``names``."""
+    flags = [changed_column(name) for name in names]
+    if not names or not all(flag in chunk.column_names for flag in flags):
+        return np.ones((chunk.num_rows, len(names)), dtype=bool)
+    written = np.column_stack([chunk.column(flag).to_numpy(zero_copy_only=False).astype(bool) for flag in flags])
+    written[:, -1] = True
+    return written
 
 
 def write_redis(store: FeatureStore, view: str, table: pa.Table, features: list[str], delete_expired: bool = True) -> WriteStats:

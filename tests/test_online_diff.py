@@ -203,6 +203,32 @@ def test_diff_writes_fewer_rows(replayed) -> None:
     assert 0 < writes["2024-03-12"].total_rows < partition_rows
 
 
+def test_diff_writes_changed_values_only(replayed) -> None:
+    settings, writes, _ = replayed
+    write = writes["2024-03-12"]
+    every_value = sum(write.rows[view] * len(feature_columns(view, settings.features)) for view in FEATURE_VIEWS)
+    assert 0 < sum(write.values.values()) < every_value
+
+
+@pytest.mark.parametrize("view", FEATURE_VIEWS)
+def test_last_feature_row_carries_entity_timestamp(replayed, view: str) -> None:
+    # Feast's SQLite store reports an entity's event timestamp from the row it reads last,
+    # the feature that sorts last. A diff write always rewrites that row.
+    settings, _, before_correction = replayed
+    last = max(feature_columns(view, settings.features))
+    for stored in (before_correction[view], raw_sqlite_rows(settings, view)):
+        assert stored
+        for key, features in stored.items():
+            assert features[last][1] == max(event_ts for _, event_ts in features.values()), key
+
+
+def test_values_left_alone_keep_their_timestamp(replayed) -> None:
+    # Before the correction, the store had taken diff writes from 4 to 12 March.
+    _, _, before_correction = replayed
+    stamps = [{event_ts for _, event_ts in features.values()} for rows in before_correction.values() for features in rows.values()]
+    assert any(len(entity_stamps) > 1 for entity_stamps in stamps)
+
+
 def test_replay_reads_like_full_writes(replayed) -> None:
     settings, _, _ = replayed
     assert_feast_reads_expected(settings)
@@ -254,8 +280,8 @@ def test_entities_that_left_are_deleted(replayed) -> None:
 
 @pytest.mark.parametrize("view", FEATURE_VIEWS)
 def test_unchanged_rows_younger_than_ttl(replayed, view: str) -> None:
-    # Diff writes leave unchanged rows with an older event timestamp. A row with values must
-    # still be younger than the view's ttl, so that the ttl never hides it.
+    # Diff writes leave unchanged rows with an older event timestamp. The last-event row of
+    # an entity with values must still be younger than the view's ttl.
     settings, _, before_correction = replayed
     ttl_days = view_window_days(view, settings.features)
     before = nonnull_row_ages_days(settings, view, before_correction[view], NEWEST_DAY)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from feast.infra.key_encoding_utils import serialize_entity_key
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
@@ -14,6 +16,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from freshrank.online_writer import (
     _redis_stamp,
+    changed_column,
+    changed_rows,
     _sqlite_timestamp,
     _ValueEncoder,
     newest_rows,
@@ -110,3 +114,52 @@ def test_timestamps_converted_once_per_distinct_value():
     stamps = per_distinct(column, _redis_stamp, pa.binary())
     parsed = [Timestamp.FromString(blob).ToDatetime(tzinfo=timezone.utc) for blob in stamps]
     assert parsed == instants
+
+
+def _partition(path: Path, rows: dict[str, tuple[float | None, float | None]]) -> Path:
+    stamp = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    table = pa.table(
+        {
+            "user_id": list(rows),
+            "event_timestamp": pa.array([stamp] * len(rows), pa.timestamp("us", "UTC")),
+            "f_a": pa.array([values[0] for values in rows.values()], pa.float64()),
+            "f_b": pa.array([values[1] for values in rows.values()], pa.float64()),
+            "created_timestamp": pa.array([stamp] * len(rows), pa.timestamp("us", "UTC")),
+        }
+    )
+    pq.write_table(table, path)
+    return path
+
+
+def test_changed_rows_flag_changed_features(tmp_path):
+    previous = {
+        "unchanged": (1.0, None),
+        "one_changed": (1.0, 2.0),
+        "revived": (None, None),
+        "leaves": (3.0, 4.0),
+        "still_expired": (None, None),
+        "left_earlier": (5.0, 6.0),
+    }
+    current = {
+        "unchanged": (1.0, None),
+        "one_changed": (1.5, 2.0),
+        "new": (7.0, None),
+        "revived": (8.0, None),
+        "leaves": (None, None),
+        "still_expired": (None, None),
+    }
+    table = changed_rows(_partition(tmp_path / "current.parquet", current), _partition(tmp_path / "previous.parquet", previous), ["user_id"], ["f_a", "f_b"])
+    flags = {
+        user: (a, b)
+        for user, a, b in zip(
+            table.column("user_id").to_pylist(),
+            table.column(changed_column("f_a")).to_pylist(),
+            table.column(changed_column("f_b")).to_pylist(),
+        )
+    }
+    assert flags == {
+        "one_changed": (True, False),
+        "new": (True, True),
+        "revived": (True, True),
+        "leaves": (True, True),
+    }
