@@ -129,7 +129,8 @@ def build_assets(settings: Settings) -> tuple[list[AssetsDefinition], list]:
             "rows_written": write.total_rows,
             **{f"rows_written_{view}": rows for view, rows in write.rows.items()},
             "rows_deleted": sum(write.deleted.values()),
-            "values_written": sum(write.values.values()),
+            # The bulk writer counts the (entity, feature) values it writes; Feast's materialize does not.
+            "values_written": sum(write.values.values()) if write.values else None,
             "write_seconds": round(write.seconds, 3),
             "probe_entities": probe.entities,
             "probe_values": probe.values,
