@@ -125,6 +125,8 @@ class OnlineWrite:
             expiry row (the bulk writer only; Feast's ``materialize`` writes null values).
         values: Per feature view, the (entity, feature) values written (the bulk writer
             only). A diff write into SQLite writes only the values that changed.
+        pruned: Per feature view, the entities a full write removed because the newest
+            partition no longer holds them (the bulk writer only).
     """
 
     start: datetime
@@ -135,6 +137,7 @@ class OnlineWrite:
     seconds: float
     deleted: dict[str, int] = field(default_factory=dict)
     values: dict[str, int] = field(default_factory=dict)
+    pruned: dict[str, int] = field(default_factory=dict)
 
     @property
     def total_rows(self) -> int:
@@ -180,6 +183,7 @@ def write_online(settings: Settings, day: date, store: FeatureStore | None = Non
     began = time.perf_counter()
     deleted: dict[str, int] = {}
     values: dict[str, int] = {}
+    pruned: dict[str, int] = {}
     if settings.online_store.writer == "feast":
         store.materialize(start_date=start, end_date=end, feature_views=list(FEATURE_VIEWS))
         rows = {view: _partition_rows(settings, view, day, newest) for view in FEATURE_VIEWS}
@@ -188,11 +192,12 @@ def write_online(settings: Settings, day: date, store: FeatureStore | None = Non
         rows = {view: view_stats.entities for view, view_stats in stats.items()}
         deleted = {view: view_stats.deleted for view, view_stats in stats.items()}
         values = {view: view_stats.values for view, view_stats in stats.items()}
+        pruned = {view: view_stats.pruned for view, view_stats in stats.items()}
     crash_point("feature_store.after_materialize")
     write_watermark(store.config, watermark)
     seconds = time.perf_counter() - began
     write = OnlineWrite(
-        start=start, end=end, mode=mode, reason=reason, rows=rows, seconds=seconds, deleted=deleted, values=values
+        start=start, end=end, mode=mode, reason=reason, rows=rows, seconds=seconds, deleted=deleted, values=values, pruned=pruned
     )
     logger.info(
         "%s online write of %s: %d entity rows written and %d entities deleted in %.1f s (%s)",
@@ -317,8 +322,11 @@ def bulk_materialize(settings: Settings, store: FeatureStore, first: date, last:
     about ``online_store.full_write_bucket_rows`` partition rows each, so a full write of a
     large partition keeps one bucket in memory. Each bucket is its own transaction. The
     watermark is written only after every bucket of every view, so an interrupted write
-    is repeated whole.
+    is repeated whole. Then the entities that partition ``last`` does not hold with values
+    are removed (``freshrank.online_prune``): a correction can drop an entity from every
+    partition, and then no row would ever reach it.
     """
+    from freshrank.online_prune import prune_absent
     from freshrank.online_writer import WriteStats, bulk_writer
 
     write = bulk_writer(settings.online_store)
@@ -334,7 +342,25 @@ def bulk_materialize(settings: Settings, store: FeatureStore, first: date, last:
         for bucket in range(buckets):
             table = _bucket_rows(settings, paths, list(ENTITY_KEYS[view]), bucket, buckets)
             written[view] = written[view] + write(store, view, table, features)
+        newest = partition_path(settings.offline_dir, view, last)
+        if newest.exists():
+            present = _present_entities(settings, newest, list(ENTITY_KEYS[view]), features, buckets)
+            pruned = prune_absent(store, view, present, features, settings.online_store)
+            written[view] = written[view] + WriteStats(entities=0, values=0, pruned=pruned)
     return written
+
+
+def _present_entities(settings: Settings, path: Path, join_keys: list[str], features: list[str], buckets: int):
+    """Yield, bucket by bucket, the join keys of the rows of partition ``path`` that have a feature value."""
+    from freshrank.warehouse import arrow_query, sql_identifier, sql_string
+
+    keys = ", ".join(sql_identifier(key) for key in join_keys)
+    with_value = " OR ".join(f"{sql_identifier(name)} IS NOT NULL" for name in features) or "TRUE"
+    for bucket in range(buckets):
+        query = f"SELECT {keys} FROM read_parquet({sql_string(path)}) WHERE ({with_value})"
+        if buckets > 1:
+            query += f" AND hash({keys}) % {buckets} = {bucket}"
+        yield arrow_query(query, settings.duckdb_memory)
 
 
 def _bucket_rows(settings: Settings, paths: list[Path], join_keys: list[str], bucket: int, buckets: int):

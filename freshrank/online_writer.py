@@ -58,14 +58,21 @@ _PRESENT = "__freshrank_present"
 
 @dataclass(frozen=True)
 class WriteStats:
-    """Counts of one bulk write: entity rows and (entity, feature) values written, and entities deleted."""
+    """Counts of one bulk write: entity rows and (entity, feature) values written, and entities deleted or pruned."""
 
     entities: int
     values: int
     deleted: int = 0
+    pruned: int = 0
+    """Entities removed because the newest partition no longer holds them (``freshrank.online_prune``)."""
 
     def __add__(self, other: WriteStats) -> WriteStats:
-        return WriteStats(self.entities + other.entities, self.values + other.values, self.deleted + other.deleted)
+        return WriteStats(
+            self.entities + other.entities,
+            self.values + other.values,
+            self.deleted + other.deleted,
+            self.pruned + other.pruned,
+        )
 
 
 class _ValueEncoder:
@@ -394,7 +401,7 @@ def write_redis(store: FeatureStore, view: str, table: pa.Table, features: list[
     rows, expired = split_expired(newest_rows(table, join_keys), features if delete_expired else [])
     client = RedisOnlineStore()._get_client(config.online_store)
     sample = rows if rows.num_rows else expired
-    keys_of = _redis_keys_builder(config.project, join_keys, config.entity_key_serialization_version, sample)
+    keys_of = redis_keys_builder(config.project, join_keys, config.entity_key_serialization_version, sample)
     ts_key = f"_ts:{view}"
     field_keys = [_mmh3(f"{view}:{feature}") for feature in features]
     fields = [ts_key, *field_keys]
@@ -419,7 +426,7 @@ def write_redis(store: FeatureStore, view: str, table: pa.Table, features: list[
     return WriteStats(entities=rows.num_rows, values=rows.num_rows * len(features), deleted=expired.num_rows)
 
 
-def _redis_keys_builder(project: str, join_keys: list[str], version: int, rows: pa.Table):
+def redis_keys_builder(project: str, join_keys: list[str], version: int, rows: pa.Table):
     """Return a function from rows to their Redis keys: entity key + project, or Feast's own keys.
 
     The concatenation is checked once against Feast's ``_redis_key`` on the first row.

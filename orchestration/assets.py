@@ -131,6 +131,7 @@ def build_assets(settings: Settings) -> tuple[list[AssetsDefinition], list]:
             "rows_deleted": sum(write.deleted.values()),
             # The bulk writer counts the (entity, feature) values it writes; Feast's materialize does not.
             "values_written": sum(write.values.values()) if write.values else None,
+            "entities_pruned": sum(write.pruned.values()) if write.pruned else None,
             "write_seconds": round(write.seconds, 3),
             "probe_entities": probe.entities,
             "probe_values": probe.values,

@@ -15,6 +15,8 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pytest
+import pyarrow as pa
+import pyarrow.parquet as pq
 from feast.infra.key_encoding_utils import serialize_entity_key
 from feast.infra.online_stores.helpers import _mmh3, _redis_key, compute_table_id
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
@@ -515,3 +517,65 @@ def test_redis_flush_loses_watermark(redis_home: Settings) -> None:
     write_features(settings, next_day)
     assert write_online(settings, next_day, store).mode == "full"
 
+
+
+def add_ghost_user(settings: Settings, day: date) -> bytes:
+    """Write a user that no partition holds into the online store, as a correction that removed its events leaves it."""
+    store = open_store(settings)
+    row = pq.read_table(settings.offline_dir / "user_features" / f"{day.isoformat()}.parquet").slice(0, 1)
+    ghost = row.set_column(row.schema.get_field_index("user_id"), "user_id", pa.array(["ghost"]))
+    writer = online_writer.bulk_writer(settings.online_store)
+    writer(store, "user_features", ghost, feature_columns("user_features", settings.features))
+    return serialize_entity_key(entity_key("user_features", {"user_id": "ghost"}), entity_key_serialization_version=store.config.entity_key_serialization_version)
+
+
+def full_write_of_march_10(settings: Settings) -> OnlineWrite:
+    store = open_store(settings)
+    clear_watermark(store.config)
+    write = write_online(settings, date(2024, 3, 10), store)
+    assert write.mode == "full"
+    return write
+
+
+def test_full_write_prunes_entity_no_partition_holds(written_to_march_9: Settings) -> None:
+    settings = written_to_march_9
+    ghost = add_ghost_user(settings, date(2024, 3, 9))
+    assert ghost in raw_sqlite_rows(settings, "user_features")
+    write = full_write_of_march_10(settings)
+    assert ghost not in raw_sqlite_rows(settings, "user_features")
+    assert write.pruned == {"user_features": 1, "item_features": 0, "user_item_features": 0, "user_category_features": 0}
+    online = open_store(settings).get_online_features(features=["user_features:u_views_28d"], entity_rows=[{"user_id": "ghost"}]).to_dict()
+    assert online["u_views_28d"] == [None]
+    assert probe_online(settings, date(2024, 3, 10)).matched
+
+
+def test_prune_sets_nulls_without_delete_expired(written_to_march_9: Settings) -> None:
+    settings = written_to_march_9
+    online = settings.online_store.model_copy(update={"delete_expired": False})
+    save_settings(settings.model_copy(update={"online_store": online}))
+    settings = load_settings(settings.home)
+    ghost = add_ghost_user(settings, date(2024, 3, 9))
+    write = full_write_of_march_10(settings)
+    stored = raw_sqlite_rows(settings, "user_features")[ghost]
+    assert all(np.isnan(value) for value, _ in stored.values())
+    # u3 left its window on 9 March and already holds nulls, so only the ghost counts.
+    assert write.pruned["user_features"] == 1
+
+
+def test_redis_full_write_prunes_entity_no_partition_holds(redis_home: Settings, core_feature_days) -> None:
+    settings = redis_home
+    import redis as redis_client
+
+    client = redis_client.Redis.from_url(f"redis://{settings.online_store.connection_string}")
+    for day in (day for day in core_feature_days if day <= date(2024, 3, 10)):
+        write_features(settings, day)
+    write_online(settings, date(2024, 3, 9), open_store(settings))
+    add_ghost_user(settings, date(2024, 3, 9))
+    config = open_store(settings).config
+    key = _redis_key(config.project, entity_key("user_features", {"user_id": "ghost"}), entity_key_serialization_version=config.entity_key_serialization_version)
+    assert client.exists(key) == 1
+    write = full_write_of_march_10(settings)
+    assert client.exists(key) == 0
+    assert write.pruned["user_features"] == 1
+    assert write.pruned["user_item_features"] == 0
+    assert probe_online(settings, date(2024, 3, 10)).matched
