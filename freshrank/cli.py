@@ -168,9 +168,13 @@ def run_command(
 ) -> None:
     """Run the daily loop in Dagster for new and changed landed days and what depends on them."""
     from freshrank.demo import print_summary
+    from freshrank.errors import MissingIncrementError
+    from freshrank.increments import increment_files
     from orchestration.replay import replay, run_changes
 
     settings = _settings(home)
+    if day and not increment_files(settings.landing_dir, _day(day)):
+        raise MissingIncrementError(day, settings.landing_dir / day)
     runs = replay(settings, [_day(day)]) if day else run_changes(settings)
     if not runs:
         console.print("every landed day is up to date; nothing to run")
@@ -179,6 +183,28 @@ def run_command(
         state = "ok" if run.success else ("blocked by validation" if run.check_passed is False else "FAILED")
         console.print(f"{run.day}: {state}; materialized {', '.join(run.materialized) or 'nothing'}")
     print_summary(settings, sorted({run.day for run in runs}), console, runs)
+    blocked = sorted({run.day for run in runs if run.check_passed is False})
+    if blocked:
+        console.print(
+            f"[red]{len(blocked)} day(s) blocked by validation: {', '.join(blocked)}; "
+            "see `freshrank quarantine list` and `freshrank alerts`[/red]"
+        )
+    raise typer.Exit(run_exit_code(runs))
+
+
+EXIT_RUN_FAILED = 1
+"""Exit status of ``freshrank run`` when a run failed (2 is an error printed as one line, as for every command)."""
+EXIT_BLOCKED = 3
+"""Exit status of ``freshrank run`` when validation quarantined a day and no run failed otherwise."""
+
+
+def run_exit_code(runs) -> int:
+    """Return the exit status of ``freshrank run`` for its runs: 0, ``EXIT_RUN_FAILED`` or ``EXIT_BLOCKED``."""
+    if any(not run.success and run.check_passed is not False for run in runs):
+        return EXIT_RUN_FAILED
+    if any(run.check_passed is False for run in runs):
+        return EXIT_BLOCKED
+    return 0
 
 
 @app.command()

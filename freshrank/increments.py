@@ -257,7 +257,7 @@ def read_increment(landing: Path, day: date | str, timezone: str) -> Increment:
     if frame.empty:
         raise IncrementError(
             landing / day.strftime(DAY_FORMAT),
-            f"the increment of {day} has no rows: {', '.join(path.name for path in kept)} contain only a header or nothing",
+            f"the increment of {day} has no rows: {_files_phrase(kept)} only a header or nothing",
             "Deliver the day's events, or remove the day folder if the shop had no events that day.",
         )
     return Increment(
@@ -754,3 +754,9 @@ def _to_floats(
     if default is not None:
         numbers = numbers.fillna(default)
     return numbers
+
+
+def _files_phrase(paths: list[Path]) -> str:
+    """Return "a.csv contains" or "a.csv, b.csv contain", for messages about the files of a day."""
+    names = ", ".join(path.name for path in paths)
+    return f"{names} contains" if len(paths) == 1 else f"{names} contain"

@@ -10,8 +10,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from freshrank.cli import EXIT_BLOCKED, EXIT_RUN_FAILED, run_exit_code
 from freshrank.config import load_settings
 from freshrank.warehouse import partition_rows
+from orchestration.replay import DayRun
 
 
 def freshrank(home: Path, *args: str) -> subprocess.CompletedProcess:
@@ -90,3 +92,39 @@ def test_invalid_day_rejected(cli_home):
     result = freshrank(cli_home, "ingest", "--day", "yesterday")
     assert result.returncode == 2
     assert "YYYY-MM-DD" in result.stdout + result.stderr
+
+
+def test_run_missing_day_one_line_error(tmp_path):
+    result = freshrank(tmp_path / "home", "run", "--day", "2030-01-01")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "no increment for 2030-01-01" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def _day_run(success: bool, check_passed: bool | None) -> DayRun:
+    return DayRun("2024-01-01", ("run",), success, check_passed, (), {})
+
+
+@pytest.mark.parametrize(
+    ("runs", "expected"),
+    [
+        ([_day_run(True, True)], 0),
+        ([_day_run(True, True), _day_run(False, False)], EXIT_BLOCKED),
+        ([_day_run(False, False), _day_run(False, None)], EXIT_RUN_FAILED),
+        ([_day_run(False, True)], EXIT_RUN_FAILED),
+    ],
+)
+def test_run_exit_code_cases(runs, expected):
+    assert run_exit_code(runs) == expected
+
+
+def test_run_blocked_day_exit_status(tmp_path):
+    home = tmp_path / "home"
+    assert freshrank(home, "generate", "--days", "1", "--users", "40", "--items", "20", "--seed", "3").returncode == 0
+    (increment,) = (home / "landing").glob("*/events.parquet")
+    events = pd.read_parquet(increment)
+    events["price"] = -1.0
+    events.to_parquet(increment)
+    result = freshrank(home, "run")
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert f"1 day(s) blocked by validation: {increment.parent.name}" in result.stdout
