@@ -348,7 +348,13 @@ def rank(user_id: str, items: list[str] = typer.Argument(..., help="Candidate it
     from models.serving import rank_items
 
     ranking = rank_items(_settings(home), user_id, items)
-    console.print(json.dumps({"model_version": ranking.model_version, "items": ranking.items}, indent=2))
+    output = {
+        "model_version": ranking.model_version,
+        "items": ranking.items,
+        "unknown_user": ranking.unknown_user,
+        "unknown_item_ids": list(ranking.unknown_item_ids),
+    }
+    console.print(json.dumps(output, indent=2))
 
 
 def _register_command_modules() -> None:

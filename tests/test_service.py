@@ -35,7 +35,7 @@ from freshrank.synthetic import ShopSpec, generate_shop
 from models.ab import LOG_FIELDS, assign_variant, read_request_log, request_log_path
 from models.registry import ModelRegistry
 from models.service import create_app
-from models.serving import CATEGORY_VIEW, ITEM_VIEW, PAIR_VIEW, USER_VIEW, FeatureLayout, OnlineFeatureReader
+from models.serving import CATEGORY_VIEW, ITEM_VIEW, PAIR_VIEW, USER_VIEW, FeatureLayout, OnlineFeatureReader, rank_items
 from models.training import predict
 
 SHOP = ShopSpec(days=4, users=150, items=60, seed=3)
@@ -332,6 +332,13 @@ class ServiceSuite:
         assert response["features"][PAIR_VIEW]["rows_found"] == 0
         assert response["features"][CATEGORY_VIEW]["rows_found"] == 0
         assert_ranked_like_offline(response, offline_scores(home, champion_of(home), "never-seen-user", items))
+
+    def test_rank_items_lists_unknown_ids(self, home):
+        items = popular_items(home)[:3]
+        ranking = rank_items(home, "never-seen-user", [*items, "no-such-item"])
+        assert ranking.unknown_user is True
+        assert ranking.unknown_item_ids == ("no-such-item",)
+        assert sorted(item for item, _ in ranking.items) == sorted([*items, "no-such-item"])
 
     def test_reader_matches_feast_sdk(self, home):
         user, items = request_candidates(home)
