@@ -161,6 +161,21 @@ def features_category(user_id: str, category: str, home: Optional[Path] = HomeOp
     console.print_json(data=online_features_for(_settings(home), "user_category_features", keys))
 
 
+def warn_ignored_landing(settings: Settings, warned: set[str] | None = None) -> None:
+    """Print a warning per landing file or folder that no increment reads.
+
+    With ``warned``, messages in it are skipped and the printed ones are added, so a loop
+    warns once per entry.
+    """
+    from freshrank.increments import ignored_landing_entries
+
+    for message in ignored_landing_entries(settings.landing_dir):
+        if warned is None or message not in warned:
+            console.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+            if warned is not None:
+                warned.add(message)
+
+
 @app.command("run")
 def run_command(
     day: Optional[str] = typer.Option(None, help="Run the whole loop for this day, YYYY-MM-DD, changed or not."),
@@ -173,6 +188,7 @@ def run_command(
     from orchestration.replay import replay, run_changes
 
     settings = _settings(home)
+    warn_ignored_landing(settings)
     if day and not increment_files(settings.landing_dir, _day(day)):
         raise MissingIncrementError(day, settings.landing_dir / day)
     runs = replay(settings, [_day(day)]) if day else run_changes(settings)
@@ -227,7 +243,9 @@ def status(home: Optional[Path] = HomeOption) -> None:
     """Print the partitions, the deployed champion and its lineage."""
     from freshrank.demo import print_status
 
-    print_status(_settings(home), console)
+    settings = _settings(home)
+    warn_ignored_landing(settings)
+    print_status(settings, console)
 
 
 @app.command()

@@ -157,16 +157,58 @@ def increment_files(landing: Path, day: date) -> list[Path]:
     )
 
 
+def ignored_landing_entries(landing: Path) -> list[str]:
+    """Return one message per file or folder under ``landing`` that no day's increment reads.
+
+    Names starting with ``.`` or ``_`` are skipped on purpose (hidden and temporary files)
+    and are not listed. Everything else is: a folder not named ``YYYY-MM-DD`` (``2024-1-13``,
+    ``2024-02-30``), a file beside the day folders, and inside a day folder a subfolder or
+    a file of another type (``events.csv.gz``, ``notes.txt``).
+    """
+    if not landing.is_dir():
+        return []
+    messages = []
+    for entry in sorted(landing.iterdir()):
+        if entry.name.startswith((".", "_")):
+            continue
+        if not entry.is_dir():
+            messages.append(f"{entry}: not read; put increment files into a day folder, landing/YYYY-MM-DD/")
+        elif not _is_day_name(entry.name):
+            messages.append(f"{entry}: not read; name day folders YYYY-MM-DD, for example 2024-01-05")
+        else:
+            messages.extend(_ignored_in_day(entry))
+    return messages
+
+
+def _is_day_name(name: str) -> bool:
+    try:
+        return datetime.strptime(name, DAY_FORMAT).strftime(DAY_FORMAT) == name
+    except ValueError:
+        return False
+
+
+def _ignored_in_day(folder: Path) -> list[str]:
+    kinds = ", ".join(sorted(INCREMENT_SUFFIXES))
+    messages = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith((".", "_")):
+            continue
+        if entry.is_dir():
+            messages.append(f"{entry}: not read; a day's increment files go directly into its day folder")
+        elif entry.suffix.lower() not in INCREMENT_SUFFIXES:
+            messages.append(f"{entry}: not read; increment files end with {kinds} (compressed files are not read)")
+    return messages
+
+
 def landed_days(landing: Path) -> list[date]:
     """List the days that have at least one increment file, oldest first."""
     if not landing.is_dir():
         return []
     days = []
     for folder in landing.iterdir():
-        try:
-            day = datetime.strptime(folder.name, DAY_FORMAT).date()
-        except ValueError:
+        if not _is_day_name(folder.name):
             continue
+        day = datetime.strptime(folder.name, DAY_FORMAT).date()
         if increment_files(landing, day):
             days.append(day)
     return sorted(days)

@@ -15,6 +15,7 @@ from freshrank.increments import (
     Increment,
     data_version,
     day_bounds,
+    ignored_landing_entries,
     increment_files,
     landed_days,
     locate_row,
@@ -362,6 +363,23 @@ def test_landed_days_sorted_and_filtered(landing: Path) -> None:
     (landing / "notes").mkdir()
     (landing / "notes" / "events.csv").write_text("x")
     assert landed_days(landing) == [date(2024, 3, 5), date(2024, 3, 7)]
+
+
+def test_ignored_landing_entries_named(landing: Path) -> None:
+    write_text(landing, "events.csv", "x", DAY)
+    write_text(landing, "events.csv.gz", "x", DAY)
+    write_text(landing, "notes.txt", "x", DAY)
+    write_text(landing, "_SUCCESS", "", DAY)
+    write_text(landing, ".events.csv.swp", "", DAY)
+    (landing / DAY.isoformat() / "sub").mkdir()
+    for name in ("2024-1-13", "2024-02-30"):
+        (landing / name).mkdir()
+        (landing / name / "events.csv").write_text("x")
+    (landing / "events.csv").write_text("x")
+    messages = ignored_landing_entries(landing)
+    named = sorted(message.split(":")[0].removeprefix(f"{landing}/") for message in messages)
+    assert named == ["2024-02-30", "2024-03-05/events.csv.gz", "2024-03-05/notes.txt", "2024-03-05/sub", "2024-1-13", "events.csv"]
+    assert landed_days(landing) == [DAY]
 
 
 def test_landed_days_without_landing(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from freshrank.cli import HomeOption, _settings, app, console
+from freshrank.cli import HomeOption, _settings, app, console, warn_ignored_landing
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +43,10 @@ def watch(
     _warm_up()
     console.print(f"watching {settings.landing_dir} every {interval:g} s")
     first = True
+    warned: set[str] = set()
     while True:
         started = time.perf_counter()
+        warn_ignored_landing(settings, warned)
         # Days interrupted before this process started are completed on the first look. After
         # that, a day whose branch fails waits for the next start instead of rerunning every look.
         runs = run_changes(settings, instance=instance, defs=defs, complete_interrupted=first)
