@@ -194,6 +194,7 @@ def run_command(
     runs = replay(settings, [_day(day)]) if day else run_changes(settings)
     if not runs:
         console.print("every landed day is up to date; nothing to run")
+        _print_quarantined(settings)
         return
     for run in runs:
         state = "ok" if run.success else ("blocked by validation" if run.check_passed is False else "FAILED")
@@ -205,7 +206,32 @@ def run_command(
             f"[red]{len(blocked)} day(s) blocked by validation: {', '.join(blocked)}; "
             "see `freshrank quarantine list` and `freshrank alerts`[/red]"
         )
+        print_quarantine_reasons(settings, blocked)
     raise typer.Exit(run_exit_code(runs))
+
+
+def _print_quarantined(settings: Settings) -> None:
+    """Print the landed days whose current version is quarantined, which a rerun does not compute."""
+    from orchestration.replay import dagster_instance
+    from orchestration.status import partition_states
+
+    quarantined = [state.day for state in partition_states(settings, dagster_instance(settings)) if state.state == "quarantined"]
+    if quarantined:
+        console.print(
+            f"[yellow]{len(quarantined)} day(s) stay quarantined until a corrected increment lands: "
+            f"{', '.join(quarantined)}[/yellow]"
+        )
+        print_quarantine_reasons(settings, quarantined)
+
+
+def print_quarantine_reasons(settings: Settings, days: list[str]) -> None:
+    """Print the newest data-quality alert of each day: the failed expectations and the quarantine folder."""
+    from freshrank.alerts import read_alerts
+
+    for day in days:
+        alerts = read_alerts(settings, kind="data_quality", day=day)
+        if alerts:
+            console.print(f"  {day}: {alerts[-1]['message']}", highlight=False)
 
 
 EXIT_RUN_FAILED = 1

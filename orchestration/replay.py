@@ -135,13 +135,24 @@ def _execute(defs, day: date, instance: DagsterInstance, assets, branch: str):
         raise_on_error=False,
         asset_selection=None if assets is None else list(assets),
         tags={BRANCH_TAG: branch},
-        run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
+        # Dagster's console logger would print each failure with its stack trace. The failed
+        # steps are logged below in one line each, and the full events stay in the instance.
+        run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
     )
     if not result.success:
         for event in result.all_events:
             if event.is_step_failure:
-                logger.error("day %s step %s failed: %s", day, event.step_key, event.event_specific_data.error)
+                _log_step_failure(day, event.step_key, event.event_specific_data.error)
     return result
+
+
+def _log_step_failure(day: date, step: str, error) -> None:
+    """Log a failed step in one line: a failed validation check as a warning, any other failure as an error."""
+    if error is not None and error.cls_name == "DagsterAssetCheckFailedError":
+        logger.warning("day %s: validation failed, so the increment is quarantined and its downstream steps are skipped", day)
+        return
+    message = error.message.strip() if error is not None else "no error recorded"
+    logger.error("day %s step %s failed: %s (the Dagster run log has the stack trace)", day, step, message)
 
 
 def _check_passed(results) -> bool | None:

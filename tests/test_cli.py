@@ -128,3 +128,8 @@ def test_run_blocked_day_exit_status(tmp_path):
     result = freshrank(home, "run")
     assert result.returncode == 3, result.stdout + result.stderr
     assert f"1 day(s) blocked by validation: {increment.parent.name}" in result.stdout
+    assert "price_not_negative" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+    again = freshrank(home, "run")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"stay quarantined until a corrected increment lands: {increment.parent.name}" in again.stdout
