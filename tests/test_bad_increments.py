@@ -24,6 +24,7 @@ import freshrank.increments
 import freshrank.quality
 from freshrank.alerts import CHECK_FAILED, DATA_QUALITY, DRIFT, RELEASED, read_alerts
 from freshrank.cli import app
+from freshrank.commands.quarantine import entry_state, published_versions
 from freshrank.config import Settings, load_settings, save_settings
 from freshrank.errors import FreshrankError, QuarantineError
 from freshrank.increments import landed_days
@@ -222,6 +223,9 @@ def test_fixed_delivery_published(base: Base, tmp_path: Path) -> None:
     assert published["data_version"] != rejected.name
     assert (rejected / "validation.md").exists()
     assert home_state(settings).champion != base.state.champion
+    (entry,) = list_quarantined(settings)
+    state = entry_state(entry, published_versions(settings)[DAY.isoformat()])
+    assert state == f"superseded: version {published['data_version']} is published"
 
 
 def test_release_honoured_by_validation(base: Base, tmp_path: Path) -> None:

@@ -38,17 +38,37 @@ def list_command(
     if not entries:
         console.print(f"no quarantined increments under {settings.quarantine_dir}")
         return
+    published = published_versions(settings)
     table = Table("day", "data version", "quarantined at", "failed checks", "files", "state")
     for entry in entries:
         if not entry.complete:
             table.add_row(entry.day, entry.data_version, "-", "-", "-", "incomplete: validate the day again")
             continue
-        state = f"released by {entry.release.get('released_by')}" if entry.release else "quarantined"
+        state = entry_state(entry, published.get(entry.day))
         files = ", ".join(Path(name).name for name in entry.record.get("files", []))
         table.add_row(
             entry.day, entry.data_version, entry.record.get("quarantined_at", "-"), ", ".join(failed_checks(entry)), files, state
         )
     console.print(table)
+
+
+def entry_state(entry, published: str | None) -> str:
+    """Return the state of a complete quarantine entry, given the data version published for its day."""
+    if entry.release:
+        return f"released by {entry.release.get('released_by')}"
+    if published is not None and published != entry.data_version:
+        return f"superseded: version {published} is published"
+    return "quarantined"
+
+
+def published_versions(settings) -> dict[str, str]:
+    """Return the data version published for each day in the warehouse, by ``YYYY-MM-DD``."""
+    from freshrank.warehouse import partition_rows
+
+    if not settings.warehouse_path.exists():
+        return {}
+    rows = partition_rows(settings.warehouse_path)
+    return {str(day)[:10]: version for day, version in zip(rows["event_day"], rows["data_version"])}
 
 
 @quarantine_app.command("show")
