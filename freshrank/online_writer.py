@@ -24,7 +24,6 @@ write's cost follows those rows.
 from __future__ import annotations
 
 import functools
-import itertools
 import logging
 import sqlite3
 import struct
@@ -64,7 +63,7 @@ class WriteStats:
     values: int
     deleted: int = 0
     pruned: int = 0
-    """Entities removed because the newest partition no longer holds them (``freshrank.online_prune``)."""
+    """Entities removed because the newest partition no longer contains them (``freshrank.online_prune``)."""
 
     def __add__(self, other: WriteStats) -> WriteStats:
         return WriteStats(
