@@ -11,7 +11,7 @@ import os
 from datetime import timedelta
 from pathlib import Path
 
-from feast import Entity, FeatureService, FeatureView, Field, FileSource
+from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
 from feast.data_format import ParquetFormat
 from feast.types import Float64, String
 
@@ -21,9 +21,11 @@ from freshrank.features import ENTITY_KEYS, FEATURE_VIEWS, feature_columns, view
 RANKING_SERVICE = "ranking_v1"
 """Feature service of the ranking model; a new feature set gets a new version, not an edit."""
 
-user = Entity(name="user", join_keys=["user_id"], description="A shopper (customer or session).")
-item = Entity(name="item", join_keys=["item_id"], description="A product of the catalogue.")
-category = Entity(name="category", join_keys=["category"], description="A product category of the catalogue.")
+user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.STRING, description="A shopper (customer or session).")
+item = Entity(name="item", join_keys=["item_id"], value_type=ValueType.STRING, description="A product of the catalogue.")
+category = Entity(
+    name="category", join_keys=["category"], value_type=ValueType.STRING, description="A product category of the catalogue."
+)
 
 _ENTITIES = {"user_id": user, "item_id": item, "category": category}
 _DESCRIPTIONS = {
