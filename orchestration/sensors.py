@@ -14,10 +14,13 @@ from dagster import (
 )
 
 from freshrank.config import Settings, load_settings
+from freshrank.increments import ignored_landing_entries
 from orchestration.changes import plan_runs
 
 LANDING_SENSOR = "landing_sensor"
 DAILY_SCHEDULE = "daily_schedule"
+_IGNORED_SHOWN = 3
+"""Landing entries named in a skip reason. The CLI's `freshrank status` lists them all."""
 
 
 def run_requests(settings: Settings, instance) -> list[RunRequest]:
@@ -40,6 +43,15 @@ def run_requests(settings: Settings, instance) -> list[RunRequest]:
     return requests
 
 
+def skip_reason(settings: Settings) -> SkipReason:
+    """Return the skip reason of a tick without runs, naming landing entries that no increment reads."""
+    ignored = ignored_landing_entries(settings.landing_dir)
+    if not ignored:
+        return SkipReason("every landed day is up to date")
+    named = "; ".join(ignored[:_IGNORED_SHOWN]) + ("; ..." if len(ignored) > _IGNORED_SHOWN else "")
+    return SkipReason(f"every landed day is up to date; landing entries not read ({len(ignored)}): {named}")
+
+
 def build_landing_sensor(settings: Settings, job):
     """Build the sensor that requests runs for new and changed landed days."""
 
@@ -53,7 +65,7 @@ def build_landing_sensor(settings: Settings, job):
     def landing_sensor(context):
         requests = run_requests(load_settings(settings.home), context.instance)
         if not requests:
-            return SkipReason("every landed day is up to date")
+            return skip_reason(load_settings(settings.home))
         return requests
 
     return landing_sensor
@@ -73,7 +85,7 @@ def build_daily_schedule(settings: Settings, job):
     def daily_schedule(context):
         requests = run_requests(load_settings(settings.home), context.instance)
         if not requests:
-            return SkipReason("every landed day is up to date")
+            return skip_reason(load_settings(settings.home))
         return requests
 
     return daily_schedule

@@ -56,3 +56,12 @@ def test_sensor_skips_when_up_to_date(landed):
     result = sensor.evaluate_tick(build_sensor_context(instance=dagster_instance(landed), definitions=defs))
     assert result.run_requests == []
     assert "up to date" in result.skip_message
+    assert "not read" not in result.skip_message
+    notes = landed.landing_dir / "notes.txt"
+    notes.write_text("delivery notes")
+    try:
+        result = sensor.evaluate_tick(build_sensor_context(instance=dagster_instance(landed), definitions=defs))
+    finally:
+        notes.unlink()
+    assert result.run_requests == []
+    assert f"landing entries not read (1): {notes}: not read" in result.skip_message
