@@ -56,9 +56,10 @@ def _join_keys(store: FeatureStore, view: str) -> list[str]:
 def _prune_sqlite(store: FeatureStore, view: str, present: Iterable[pa.Table], delete: bool) -> int:
     """Delete (or set to null) the rows of entities missing from ``present``, in one transaction."""
     config = store.config
-    join_keys = _join_keys(store, view)
+    feature_view = store.get_feature_view(view)
+    join_keys = [column.name for column in feature_view.entity_columns]
     version = config.entity_key_serialization_version
-    table_name = compute_table_id(config.project, store.get_feature_view(view), config.registry.enable_online_feature_view_versioning)
+    table_name = compute_table_id(config.project, feature_view, config.registry.enable_online_feature_view_versioning)
     absent = "entity_key NOT IN (SELECT entity_key FROM temp.present_entities)"
     if delete:
         statement, parameters = f'DELETE FROM "{table_name}" WHERE {absent} RETURNING entity_key', []

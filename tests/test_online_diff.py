@@ -520,7 +520,7 @@ def test_redis_flush_loses_watermark(redis_home: Settings) -> None:
 
 
 def add_ghost_user(settings: Settings, day: date) -> bytes:
-    """Write a user that no partition holds into the online store, as a correction that removed its events leaves it."""
+    """Write a user that no partition contains into the online store, as a correction that removed its events leaves it."""
     store = open_store(settings)
     row = pq.read_table(settings.offline_dir / "user_features" / f"{day.isoformat()}.parquet").slice(0, 1)
     ghost = row.set_column(row.schema.get_field_index("user_id"), "user_id", pa.array(["ghost"]))
@@ -537,7 +537,7 @@ def full_write_of_march_10(settings: Settings) -> OnlineWrite:
     return write
 
 
-def test_full_write_prunes_entity_no_partition_holds(written_to_march_9: Settings) -> None:
+def test_full_write_prunes_removed_entity(written_to_march_9: Settings) -> None:
     settings = written_to_march_9
     ghost = add_ghost_user(settings, date(2024, 3, 9))
     assert ghost in raw_sqlite_rows(settings, "user_features")
@@ -558,11 +558,11 @@ def test_prune_sets_nulls_without_delete_expired(written_to_march_9: Settings) -
     write = full_write_of_march_10(settings)
     stored = raw_sqlite_rows(settings, "user_features")[ghost]
     assert all(np.isnan(value) for value, _ in stored.values())
-    # u3 left its window on 9 March and already holds nulls, so only the ghost counts.
+    # u3 left its window on 9 March and its values are null already, so only the ghost counts.
     assert write.pruned["user_features"] == 1
 
 
-def test_redis_full_write_prunes_entity_no_partition_holds(redis_home: Settings, core_feature_days) -> None:
+def test_redis_full_write_prunes_removed_entity(redis_home: Settings, core_feature_days) -> None:
     settings = redis_home
     import redis as redis_client
 
